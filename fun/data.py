@@ -1,0 +1,106 @@
+"""Batching shared by every task: dynamic padding, resumable training order, length-sorted evaluation.
+
+Features are plain dicts of Python lists (`input_ids`, `attention_mask`, optional `token_type_ids`, optional
+`labels`); multiple-choice features hold one list per choice. Padding happens per batch, to its longest row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from fun.model import UsageError
+
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _pad(rows: list, value: int, length: int) -> list:
+    if rows and isinstance(rows[0], list):  # multiple choice: one row per choice
+        return [_pad(r, value, length) for r in rows]
+    return rows + [value] * (length - len(rows))
+
+
+def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad `features` to the longest row of the batch → tensors (B, T) or (B, C, T); labels (B,) or (B, H)."""
+    def lengths(f):
+        ids = f["input_ids"]
+        return [len(r) for r in ids] if ids and isinstance(ids[0], list) else [len(ids)]
+
+    length = max(n for f in features for n in lengths(f))
+    batch = {}
+    for key, value in (("input_ids", pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        if key in features[0]:
+            batch[key] = torch.tensor([_pad(f[key], value, length) for f in features], dtype=torch.long)
+    if "labels" in features[0]:
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+    return batch
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The training order of one epoch: a permutation drawn from (seed, epoch) alone, so a run resumes exactly."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_examples, generator=g).tolist()
+
+
+def training_batches(num_examples: int, batch_size: int, seed: int, epoch: int = 0,
+                     start: int = 0) -> Iterator[tuple[int, int, list[int]]]:
+    """Endless (epoch, index-in-epoch, example indices) batches; drops each epoch's last partial batch."""
+    per_epoch = num_examples // batch_size
+    if per_epoch == 0:
+        raise UsageError(f"only {num_examples} training examples for --batch-size {batch_size}; lower --batch-size")
+    while True:
+        order = epoch_order(num_examples, seed, epoch)
+        for b in range(start, per_epoch):
+            yield epoch, b, order[b * batch_size:(b + 1) * batch_size]
+        epoch, start = epoch + 1, 0
+
+
+def length_sorted_batches(features: Sequence[dict], batch_size: int) -> list[list[int]]:
+    """Evaluation batches of similar length (less padding); the caller restores the original order."""
+    def size(f):
+        ids = f["input_ids"]
+        return max(len(r) for r in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+    order = sorted(range(len(features)), key=lambda i: size(features[i]), reverse=True)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# --- reading local files, with errors that name the file and line --------------------------------------------
+
+def check_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{what} {path}: no such file")
+    if path.is_dir():
+        raise UsageError(f"{what} {path}: is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{what} {path}: the file is empty")
+    return path
+
+
+def read_jsonl(path: str | Path, what: str = "data file") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; malformed JSON → UsageError naming file:line."""
+    path = check_file(path, what)
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}:{n}: malformed JSON ({err.msg}); expected one JSON object per line") from None
+            if not isinstance(obj, dict):
+                raise UsageError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
+
+
+def read_tsv(path: str | Path, what: str = "data file") -> Iterator[tuple[int, list[str]]]:
+    path = check_file(path, what)
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip():
+                yield n, line.split("\t")

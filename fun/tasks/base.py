@@ -1,0 +1,94 @@
+"""The one task interface (STYLE 7): loading, tokenisation, head, loss, prediction and metric per task.
+
+The training loop, evaluation and the Fisher code only see `Task` and logits of shape (B, H, K) — H
+independent categorical distributions over K outcomes (fun/heads.py) — so none of them branch on the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fun.model import UsageError
+
+
+@dataclass
+class Split:
+    """One tokenised data split: `features` feed the model (one or more per example), `examples` feed the metric."""
+    examples: list[dict]
+    features: list[dict]
+    lang: str = "en"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Paper hyperparameters (SPEC §5, paper Table 3) for one task; `a/b` = standard / scheduled where they differ."""
+    epochs: int
+    lr: float
+    batch_size: int
+    max_length: int
+    k: dict = field(default_factory=dict)          # {(model family, schedule): k}
+    lr_scheduled: float | None = None              # COPA: 1e-4 standard, 1e-5 scheduled
+    epochs_scheduled: int | None = None            # COPA: 500 standard, 5000 scheduled
+    lr_schedule: str = "linear"
+    fisher_every: int = 100                        # tr(F) curve interval (paper footnote 7: 50 for XCOPA)
+
+
+class Task:
+    """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `score`."""
+
+    name: str
+    metric: str                        # the model-selection metric key in `score`'s result
+    languages: tuple[str, ...]         # zero-shot target languages (SPEC §5)
+    source_lang: str = "en"
+    token_level: bool = False          # K is the sequence length (span QA): trim padded logits per feature
+    defaults: Defaults
+
+    def load(self, split: str, path: str | None = None, lang: str = "en") -> list[dict]:
+        """Raw examples of `split` ("train", "dev", "test") from `path` (a local file or directory in the
+        official format) or, when `path` is None, from the Hugging Face Hub."""
+        raise NotImplementedError
+
+    def encode(self, examples: list[dict], tokenizer, max_length: int, train: bool) -> list[dict]:
+        """Examples → features (lists of token ids, with `labels` of shape (H,) or () for training)."""
+        raise NotImplementedError
+
+    def make_head(self, hidden_size: int, dropout: float) -> nn.Module:
+        raise NotImplementedError
+
+    def score(self, split: Split, logits: list[torch.Tensor]) -> dict[str, float]:
+        """Metrics of the model's per-feature logits (each (H, K)) on `split`."""
+        raise NotImplementedError
+
+    def split(self, split: str, tokenizer, max_length: int, path: str | None = None, lang: str = "en",
+              max_examples: int | None = None, seed: int = 0) -> Split:
+        examples = self.load(split, path, lang)
+        if max_examples is not None and max_examples < len(examples):
+            # a seeded random subsample, not the first N (paper Table 1; the released code took the first N)
+            g = torch.Generator().manual_seed(seed)
+            keep = sorted(torch.randperm(len(examples), generator=g)[:max_examples].tolist())
+            examples = [examples[i] for i in keep]
+        if not examples:
+            raise UsageError(f"{self.name} {split} data{' ' + str(path) if path else ''}: no examples")
+        features = self.encode(examples, tokenizer, max_length, train=split == "train")
+        return Split(examples, features, lang, f"{self.name}:{split}:{lang}")
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch and the H heads (span QA: (CE_start + CE_end) / 2, as HF)."""
+    labels = labels.view(logits.shape[0], -1)  # (B, H)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def load_hub(name: str, *args, split: str, flag: str) -> "datasets.Dataset":
+    """`datasets.load_dataset(name, *args, split=split)`, or a UsageError saying which local flag to use."""
+    import datasets
+    try:
+        return datasets.load_dataset(name, *args, split=split)
+    except Exception as err:  # offline: ConnectionError / DatasetNotFoundError / OSError, depending on version
+        raise UsageError(f"could not load dataset '{name}'{' ' + args[0] if args else ''} ({split}) from the Hugging Face Hub "
+                         f"({type(err).__name__}); offline, pass local files with {flag}") from None
