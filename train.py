@@ -33,7 +33,7 @@ from fun.schedules import SCHEDULES, Selection, is_unfreeze_step, last_unfreeze_
 from fun.tasks import TASKS, task_loss
 
 RUN_FILES = ("config.json", "log.jsonl", "schedule.json", "summary.json", "checkpoint.pt", "best", "final")
-RESUMABLE = {"resume", "overwrite", "max_steps", "save_every"}  # may differ between a run and its resumption
+RESUMABLE = {"resume", "overwrite", "save_every", "no_progress", "threads", "device"}  # may differ between a run and its resumption
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,16 +103,14 @@ def resolve(args: argparse.Namespace) -> dict:
     task = TASKS[args.task]
     d = task.defaults
     cfg = dict(vars(args))
-    scheduled = args.schedule not in ("standard", "full")
-    cfg["lr"] = args.lr or (d.lr_scheduled if scheduled and d.lr_scheduled else d.lr)
-    cfg["epochs"] = args.epochs or (d.epochs_scheduled if scheduled and d.epochs_scheduled else d.epochs)
+    family, scheduled = model_family(args.model), args.schedule not in ("standard", "full")
+    cfg["lr"] = args.lr or d.get("lr", family, scheduled)
+    cfg["epochs"] = args.epochs or d.get("epochs", family, scheduled)
     cfg["batch_size"] = args.batch_size or d.batch_size
     cfg["max_length"] = args.max_length or d.max_length
     cfg["lr_schedule"] = args.lr_schedule or d.lr_schedule
     cfg["fisher_batch_size"] = args.fisher_batch_size or cfg["batch_size"]
-    family = model_family(args.model)
-    paper_k = d.k.get((family, "gu" if args.schedule in ("rand", "order", "gu-rev") else args.schedule))
-    cfg["k"] = args.k if args.k is not None else (paper_k or d.k.get(("mbert", "gu"), 800))
+    cfg["k"] = args.k if args.k is not None else d.get_k(family, args.schedule)
     for name in ("k", "batch_size", "max_length", "unfreeze_per_step", "eval_batch_size", "log_every",
                  "fisher_batches", "fisher_log_batches", "fisher_batch_size"):
         if cfg[name] is not None and cfg[name] <= 0:
@@ -151,7 +149,7 @@ def prepare_output_dir(cfg: dict) -> Path:
         if not (out / "checkpoint.pt").exists():
             raise UsageError(f"--resume: no checkpoint.pt in {out}; start the run without --resume")
         old = json.loads(saved.read_text())
-        diff = sorted(k for k in set(old) | set(cfg) if k not in RESUMABLE and old.get(k) != cfg.get(k))
+        diff = sorted(k for k in cfg if k not in RESUMABLE and old.get(k) != cfg[k])
         if diff:
             raise UsageError(f"--resume: flags differ from the run in {out} ({', '.join(diff)}); "
                              "resume with the same flags, or start a new --output-dir")
@@ -351,8 +349,8 @@ def train(cfg: dict) -> int:
             atomic_write_text(out / "schedule.json", json.dumps(state["events"], indent=1))
             record["unfrozen"] = sorted(chosen)
 
-        epoch, state["batch"], idx = next(batches)
-        state["epoch"] = epoch
+        epoch, position, idx = next(batches)
+        state["epoch"], state["batch"] = epoch, position + 1  # where a resumed run continues
         batch = collate([train_split.features[i] for i in idx], pad_id)
         batch = {k_: v.to(device, non_blocking=True) for k_, v in batch.items()}
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
