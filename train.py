@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lang-adapter", help="source-language adapter (AdapterHub dir or id, or ours): "
                                           "DIR or en=DIR; stacked under the task adapter, frozen")
     g.add_argument("--output-dir", required=True, help="run directory")
+    g = p.add_argument_group("language adapter training (--task mlm; SPEC §1.2)")
+    g.add_argument("--lang", help="language of the --task mlm text (names the adapter), e.g. sw")
+    g.add_argument("--lang-reduction-factor", type=int, default=2, help="language adapter: bottleneck = hidden // rf")
+    g.add_argument("--lang-activation", default="relu", help="language adapter activation (a transformers ACT2FN name)")
+    g.add_argument("--mlm-head", default="pretrained", choices=("pretrained", "new"),
+                   help="pretrained: the checkpoint's MLM head, frozen; new: train a fresh head transform (models without one)")
+    g.add_argument("--mlm-probability", type=float, default=0.15, help="share of tokens masked (80/10/10)")
     g = p.add_argument_group("schedule (SPEC §3)")
     g.add_argument("--schedule", default="standard", help=f"one of: {', '.join(SCHEDULES)}")
     g.add_argument("--k", type=int, help="unfreeze interval k in steps (default: the paper's for task/model/schedule)")
@@ -201,8 +208,11 @@ class Interrupt:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from fun.presets import parse_args  # --preset NAME (paper configurations) under explicit flags; --list-presets
     try:
+        args = parse_args(build_parser(), argv)
+        if args is None:  # --list-presets printed the table
+            return 0
         return train(resolve(args))
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -230,11 +240,15 @@ def train(cfg: dict) -> int:
     if cfg["lang_adapter"]:
         from fun.adapterhub import load_lang_adapter_arg
         lang_adapter = load_lang_adapter_arg(cfg["lang_adapter"], encoder)
-    task_adapter = AdapterSet(hidden, num_layers, cfg["reduction_factor"]) if schedule.adapters else None
-    head = task.make_head(hidden, encoder.config.hidden_dropout_prob)
     if schedule.adapters:
         freeze(encoder)
-    model = AdapterModel(encoder, head, task_adapter, lang_adapter)
+    if hasattr(task, "build_model"):  # --task mlm brings its own adapter (a language adapter) and head
+        model = task.build_model(encoder, cfg, lang_adapter)
+        task_adapter, head = model.task_adapter, model.head
+    else:
+        task_adapter = AdapterSet(hidden, num_layers, cfg["reduction_factor"]) if schedule.adapters else None
+        head = task.make_head(hidden, encoder.config.hidden_dropout_prob)
+        model = AdapterModel(encoder, head, task_adapter, lang_adapter)
     if lang_adapter is not None:
         freeze(lang_adapter)
     if cfg["schedule"] == "order":
@@ -249,7 +263,8 @@ def train(cfg: dict) -> int:
     model.to(device)
     # One AdamW over everything that will ever train, created once; frozen ones have grad=None and are
     # skipped (no Adam state, no weight decay) — re-creating it on unfreeze would reset Adam's moments.
-    params = list(head.parameters()) + (list(task_adapter.parameters()) if task_adapter else list(encoder.parameters()))
+    params = [p for p in head.parameters() if p.requires_grad]  # (--task mlm's pretrained MLM head stays frozen)
+    params += list(task_adapter.parameters()) if task_adapter else list(encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     n_trainable, n_total = count_parameters(model)
     print(f"trainable params: {n_trainable:,} / {n_total:,} ({100 * n_trainable / n_total:.3f}%) at step 0; "
@@ -324,7 +339,7 @@ def train(cfg: dict) -> int:
 
     meta = dict(task=cfg["task"], model=cfg["model"], schedule=cfg["schedule"], seed=cfg["seed"],
                 hidden_size=hidden, num_layers=num_layers, max_length=cfg["max_length"],
-                lang_adapter=cfg["lang_adapter"])
+                lang_adapter=cfg["lang_adapter"], lang=cfg["lang"])
     log = open(out / "log.jsonl", "a")
     model.train(not cfg["no_dropout"])
     batches = training_batches(len(train_split.features), cfg["batch_size"], cfg["seed"], state["epoch"], state["batch"])
@@ -352,6 +367,8 @@ def train(cfg: dict) -> int:
         epoch, position, idx = next(batches)
         state["epoch"], state["batch"] = epoch, position + 1  # where a resumed run continues
         batch = collate([train_split.features[i] for i in idx], pad_id)
+        if hasattr(task, "mask_batch"):  # MLM: dynamic masks from (seed, step), so a resumed run masks the same
+            batch = task.mask_batch(batch, tokenizer, torch.Generator().manual_seed(cfg["seed"] * 999_983 + step))
         batch = {k_: v.to(device, non_blocking=True) for k_, v in batch.items()}
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(batch)  # (B, H, K)
@@ -377,14 +394,19 @@ def train(cfg: dict) -> int:
             record["fisher"] = {str(j): v for j, v in sorted(values.items())}
             record["fisher_avg"] = float(np.mean([values[j] for j in sorted(trainable)])) if trainable else 0.0
         if step % eval_every == 0 or step == total:
-            metrics = evaluate(model, task, dev_split, cfg["eval_batch_size"], pad_id, device, autocast_dtype,
-                               progress=False)
+            if hasattr(task, "evaluate"):  # MLM: held-out masked-token loss, streamed (no per-feature vocab logits)
+                metrics = task.evaluate(model, dev_split, cfg["eval_batch_size"], pad_id, device, autocast_dtype)
+            else:
+                metrics = evaluate(model, task, dev_split, cfg["eval_batch_size"], pad_id, device, autocast_dtype,
+                                   progress=False)
             model.train(not cfg["no_dropout"])
             record["dev"] = metrics
             value = metrics[task.metric]
             if state["best"] is None or value > state["best"]["value"]:
                 state["best"] = {"step": step, "value": value, "metrics": metrics}
                 save_task_adapter(model, out / "best", dict(meta, step=step, dev=metrics))
+                if hasattr(task, "export"):  # MLM: the language adapter in AdapterHub's layout too, best/adapterhub/
+                    task.export(model, out / "best", cfg)
             bar.set_postfix({task.metric: f"{value:.2f}"})
         if record or step % cfg["log_every"] == 0 or step == total:
             record = dict(step=step, epoch=epoch, loss=state["loss_sum"] / state["loss_count"], lr=lr,
@@ -404,6 +426,8 @@ def train(cfg: dict) -> int:
     bar.close()
     log.close()
     save_task_adapter(model, out / "final", dict(meta, step=state["step"]))
+    if hasattr(task, "export"):
+        task.export(model, out / "final", cfg)
     save_checkpoint()
     summary = dict(steps=state["step"], best=state["best"], events=state["events"],
                    train_seconds=round(state["elapsed"], 1))

@@ -34,8 +34,13 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     for key, value in (("input_ids", pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
         if key in features[0]:
             batch[key] = torch.tensor([_pad(f[key], value, length) for f in features], dtype=torch.long)
-    if "labels" in features[0]:
-        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+    for key, value in (("labels", -100), ("mlm_positions", 0)):
+        if key in features[0]:
+            rows = [f[key] for f in features]
+            if isinstance(rows[0], list):  # token-level (MLM targets): ragged; -100 is cross-entropy's ignore_index
+                width = max(map(len, rows))
+                rows = [r + [value] * (width - len(r)) for r in rows]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
     return batch
 
 

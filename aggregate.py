@@ -1,0 +1,340 @@
+"""Paper-style tables from a sweep: Table 2 (English, lowest language, average without English; mean ± std
+over seeds), per-language Tables 8-10, the realised unfreeze orders, and the random-permutation grouping.
+
+    python aggregate.py runs/sweep --split test --out runs/sweep/tables
+
+Reads every run directory under the roots (config.json, results-*.json from evaluate.py, schedule.json) and
+groups runs by (test set, model, method). Method: the sweep's run name (ROOT/NAME/seedS) without its
+TASK-MODEL- prefix — `gu`, `gu-1k`, `gu-perm03` —, or, for directories outside that layout, the schedule.
+Std is the sample std (ddof=1) over seeds; with one seed it shows as –. Writes tables.md (also printed) and
+CSV files (full precision) to --out. Curves and schedule plots: python fisher.py plot RUN_DIR... --out DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from fun.model import UsageError
+from fun.presets import model_tag
+from fun.schedules import SCHEDULES
+from fun.tasks import TASKS
+
+METHOD_ORDER = ("standard", "rand", "lpft", "gu", "gu-rev", "fun", "full")  # paper rows first, others after
+TASK_ORDER = ("mlqa", "xquad", "xcopa", "xnli")                              # paper Table 2's columns
+RESULTS = re.compile(r"results(?:-(?P<task>[a-z]+))?-(?P<split>test|dev)(?P<final>-final)?\.json")
+
+
+@dataclass
+class Result:
+    """One run evaluated on one test set."""
+    task: str                   # the test set (xquad and mlqa for one SQuAD run)
+    model: str                  # mbert / xlmr / mdeberta / a directory name
+    method: str
+    seed: int
+    source: dict                # English metrics
+    average: dict               # average over the target languages (English excluded)
+    per_language: dict          # {lang: {metric: value}}
+    metric: str                 # the task's main metric
+    run_dir: Path
+    schedule: str
+
+
+def group_within(values: dict[str, float], delta: float = 1.0) -> list[list[str]]:
+    """Paper footnote 9: (i) sort the results, (ii) take the largest value not yet grouped, (iii) the ungrouped
+    runs within `delta` points of it (inclusive) join its group, (iv) repeat. Groups best first, each sorted."""
+    ranked = sorted(values, key=lambda name: (-values[name], name))
+    groups: list[list[str]] = []
+    while ranked:
+        top = values[ranked[0]]
+        group = [name for name in ranked if top - values[name] <= delta + 1e-9]  # ranked: a prefix
+        groups.append(group)
+        ranked = ranked[len(group):]
+    return groups
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def cell(values: list[float], with_std: bool = True) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    if not with_std:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {'–' if std is None else f'{std:.2f}'}"
+
+
+def method_of(run_dir: Path, cfg: dict, tag: str) -> str:
+    if not re.fullmatch(r"seed\d+", run_dir.name):  # not a sweep's ROOT/NAME/seedS: say what trained
+        label = cfg.get("schedule", "?")
+        if cfg.get("schedule") == "order":
+            label += ":" + ",".join(map(str, cfg.get("order") or []))
+        return label + (f"-n{cfg['max_train_samples']}" if cfg.get("max_train_samples") else "")
+    name = run_dir.parent.name
+    for prefix in (f"{cfg.get('task')}-{tag}-", f"{cfg.get('task')}-"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def realised_order(run_dir: Path, cfg: dict) -> list[int] | None:
+    """Trainable from step 0, then each unfreeze event's adapters (schedule.json), as the paper lists them."""
+    path = run_dir / "schedule.json"
+    if cfg.get("schedule") not in SCHEDULES or not path.exists() or not cfg.get("num_layers"):
+        return None
+    initial = sorted(SCHEDULES[cfg["schedule"]].initial(cfg["num_layers"], tuple(cfg.get("order") or ())), reverse=True)
+    return initial + [j for event in json.loads(path.read_text()) for j in event["layers"]]
+
+
+def load(roots: list[Path], split: str, checkpoint: str) -> tuple[list[Result], list[Path], dict]:
+    """(results, run directories without results for `split`, {run_dir: (model, method, schedule, seed, order)})."""
+    results, missing, runs = [], [], {}
+    for root in roots:
+        if not root.is_dir():
+            raise UsageError(f"{root}: not a directory")
+        for config in sorted(root.rglob("config.json")):
+            run_dir = config.parent
+            try:
+                cfg = json.loads(config.read_text())
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{config}: not valid JSON ({err})") from None
+            tag = model_tag(cfg.get("model", "?"))
+            method = method_of(run_dir, cfg, tag)
+            runs[run_dir] = (tag, method, cfg.get("schedule"), cfg.get("seed"), realised_order(run_dir, cfg))
+            found = False
+            for path in sorted(run_dir.glob("results-*.json")):
+                m = RESULTS.fullmatch(path.name)
+                if not m or m["split"] != split or bool(m["final"]) != (checkpoint == "final"):
+                    continue
+                try:
+                    r = json.loads(path.read_text())
+                    results.append(Result(r["task"], tag, method, int(cfg["seed"]), r.get("source") or {},
+                                          r.get("average") or {}, r.get("per_language") or {}, r["metric"], run_dir,
+                                          cfg.get("schedule", "?")))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                    raise UsageError(f"{path}: not an evaluate.py results file ({type(err).__name__}: {err})") from None
+                found = True
+            if not found:
+                missing.append(run_dir)
+    return results, missing, runs
+
+
+def method_key(method: str) -> tuple:
+    base = next((m for m in sorted(METHOD_ORDER, key=len, reverse=True) if method == m or method.startswith(m + "-")), None)
+    return (METHOD_ORDER.index(base) if base else len(METHOD_ORDER), method)
+
+
+@dataclass
+class Row:
+    task: str
+    model: str
+    method: str
+    results: list[Result]
+
+    @property
+    def metrics(self) -> list[str]:
+        """The main metric, then EM for QA (paper Table 2: F1 / EM)."""
+        first = self.results[0]
+        return [first.metric] + [m for m in ("exact_match",) if m != first.metric and m in first.average]
+
+    def seeds(self) -> list[int]:
+        return sorted(r.seed for r in self.results)
+
+    def values(self, where: str, metric: str, lang: str | None = None) -> list[float]:
+        """Per-seed values: where = 'source' (English), 'average', or 'lang'."""
+        out = []
+        for r in self.results:
+            m = r.source if where == "source" else r.average if where == "average" else r.per_language.get(lang, {})
+            if metric in m:
+                out.append(float(m[metric]))
+        return out
+
+    def lowest_language(self) -> str | None:
+        """The target language with the lowest mean over seeds."""
+        langs = {lang for r in self.results for lang in r.per_language}
+        means = {lang: statistics.mean(v) for lang in langs if (v := self.values("lang", self.metrics[0], lang))}
+        return min(means, key=lambda lang: (means[lang], lang)) if means else None
+
+
+def build_rows(results: list[Result]) -> dict[str, list[Row]]:
+    """{task: rows sorted by model, then method (paper order)}; a row holds one result per seed."""
+    groups: dict[tuple, list[Result]] = defaultdict(list)
+    for r in results:
+        groups[(r.task, r.model, r.method)].append(r)
+    by_task: dict[str, list[Row]] = defaultdict(list)
+    for (task, model, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], method_key(kv[0][2]))):
+        seeds = [r.seed for r in rs]
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({str(r.run_dir) for r in rs if seeds.count(r.seed) > 1})
+            raise UsageError(f"{task} {model} {method}: the same seed twice ({', '.join(dup)}); aggregate one sweep root "
+                             "at a time or give the runs distinct names")
+        by_task[task].append(Row(task, model, method, sorted(rs, key=lambda r: r.seed)))
+    return dict(by_task)
+
+
+def block_lowest(rows: list[Row], mode: str) -> dict[tuple[str, str], str | None]:
+    """{(model, method): language of its Lowest cell}. 'block' (paper Table 2): per model, the language where its
+    `standard` (Ada) row is lowest, for every method (a model without a standard row: each method's own);
+    'method': each method's own lowest language."""
+    out = {}
+    for row in rows:
+        standard = next((r for r in rows if r.model == row.model and r.method == "standard"), None)
+        source = standard if mode == "block" and standard is not None else row
+        out[(row.model, row.method)] = source.lowest_language()
+    return out
+
+
+def table2(rows: list[Row], lowest_mode: str) -> tuple[str, list[dict]]:
+    """Paper Table 2 layout for one test set: markdown and CSV records."""
+    lowest = block_lowest(rows, lowest_mode)
+    metrics = rows[0].metrics
+    name = " / ".join(metrics)
+    md = [f"| model | method | seeds | En ({name}) | Lowest ({name}) | Average ({name}) |", "|---|---|---|---|---|---|"]
+    records = []
+    for row in rows:
+        lang = lowest[(row.model, row.method)]
+        en = " / ".join(cell(row.values("source", m)) for m in metrics)
+        low = f"{lang} " + " / ".join(cell(row.values("lang", m, lang)) for m in metrics) if lang else "-"
+        avg = " / ".join(cell(row.values("average", m)) for m in metrics)
+        md.append(f"| {row.model} | {row.method} | {','.join(map(str, row.seeds()))} | {en} | {low} | {avg} |")
+        record = dict(task=row.task, model=row.model, method=row.method, seeds=len(row.results), lowest_lang=lang or "")
+        for m in metrics:
+            for where, values in (("en", row.values("source", m)), ("lowest", row.values("lang", m, lang)),
+                                  ("avg", row.values("average", m))):
+                mean, std = mean_std(values) if values else (None, None)
+                record[f"{where}_{m}_mean"], record[f"{where}_{m}_std"] = mean, std
+        records.append(record)
+    return "\n".join(md), records
+
+
+def language_table(rows: list[Row]) -> tuple[str, list[dict]]:
+    """Paper Tables 8-10: English, every target language (mean over seeds), average (mean ± std)."""
+    task, metric = rows[0].task, rows[0].metrics[0]
+    seen = {lang for row in rows for r in row.results for lang in r.per_language}
+    order = list(TASKS[task].languages) if task in TASKS else []
+    langs = [lang for lang in order if lang in seen] + sorted(seen - set(order))
+    md = ["| model | method | En | " + " | ".join(langs) + " | Avg. |", "|---" * (len(langs) + 4) + "|"]
+    records = []
+    for row in rows:
+        cells = [cell(row.values("lang", metric, lang), with_std=False) for lang in langs]
+        md.append(f"| {row.model} | {row.method} | {cell(row.values('source', metric), with_std=False)} | "
+                  + " | ".join(cells) + f" | {cell(row.values('average', metric))} |")
+        record = dict(task=task, model=row.model, method=row.method, metric=metric, seeds=len(row.results))
+        for lang in ["en", *langs]:
+            values = row.values("source", metric) if lang == "en" else row.values("lang", metric, lang)
+            record[lang] = statistics.mean(values) if values else None
+        averages = row.values("average", metric)
+        record["avg_mean"], record["avg_std"] = mean_std(averages) if averages else (None, None)
+        records.append(record)
+    return "\n".join(md), records
+
+
+def permutation_groups(rows: list[Row], delta: float) -> tuple[str, list[dict]]:
+    """Footnote 9 grouping of the `order` runs (permutation study) per model, on the mean average over seeds."""
+    md, records = [], []
+    for model in sorted({r.model for r in rows}):
+        perm = {r.method: r for r in rows if r.model == model and all(x.schedule == "order" for x in r.results)}
+        if len(perm) < 2:
+            continue
+        averages = {m: r.values("average", r.metrics[0]) for m, r in perm.items()}
+        means = {m: statistics.mean(v) for m, v in averages.items() if v}
+        md += [f"\n{model}: {len(means)} orders, grouped within {delta:g} point(s) (paper footnote 9)\n",
+               "| group | mean | runs (average) | orders |", "|---|---|---|---|"]
+        for i, group in enumerate(group_within(means, delta), 1):
+            orders = ["[" + ", ".join(map(str, _order(perm[m]))) + "]" for m in group]
+            md.append(f"| {i} | {statistics.mean(means[m] for m in group):.2f} | "
+                      + ", ".join(f"{m} ({means[m]:.2f})" for m in group) + " | " + "; ".join(orders) + " |")
+            records += [dict(task=rows[0].task, model=model, group=i, method=m, average=means[m],
+                             order=" ".join(map(str, _order(perm[m])))) for m in group]
+    return "\n".join(md), records
+
+
+def _order(row: Row) -> list[int]:
+    cfg = json.loads((row.results[0].run_dir / "config.json").read_text())
+    return list(cfg.get("order") or [])
+
+
+def orders_section(runs: dict) -> str:
+    """The realised unfreeze orders of fun / rand / order runs, one line per seed."""
+    lines = []
+    ordered = sorted(runs.items(), key=lambda kv: (kv[1][0], method_key(kv[1][1]), kv[1][3] or 0))
+    for run_dir, (model, method, schedule, seed, order) in ordered:
+        if schedule in ("fun", "rand", "order") and order:
+            lines.append(f"- {model} {method} seed {seed}: [{', '.join(map(str, order))}]  ({run_dir})")
+    if not lines:
+        return ""
+    return "## Realised unfreeze orders (first: trainable from step 0)\n\n" + "\n".join(lines)
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for r in records for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
+
+
+def aggregate(roots: list[Path], split: str = "test", out: Path | None = None, checkpoint: str = "best",
+              lowest: str = "block", delta: float = 1.0) -> str:
+    """Build every table; write tables.md and the CSV files to `out` (if given); return the markdown."""
+    results, missing, runs = load(roots, split, checkpoint)
+    if not results:
+        raise UsageError(f"no results-*{split}*.json in {len(runs)} run directories under {', '.join(map(str, roots))}; "
+                         "evaluate the runs first (python evaluate.py RUN_DIR, or sweep.py --evaluate)")
+    sections, files = [], {}
+    for task, rows in sorted(build_rows(results).items(), key=lambda kv: (TASK_ORDER + (kv[0],)).index(kv[0])):
+        md2, rec2 = table2(rows, lowest)
+        mdl, recl = language_table(rows)
+        mdp, recp = permutation_groups(rows, delta)
+        lowest_note = ("Lowest: the language where the model's standard row is lowest, as paper Table 2"
+                       if lowest == "block" else "Lowest: each method's lowest language")
+        sections += [f"## {task}: {split} (mean ± sample std over seeds; {lowest_note})\n\n{md2}",
+                     f"### {task}: per language (mean over seeds; paper Tables 8-10)\n\n{mdl}"]
+        files.update({f"table2-{task}.csv": rec2, f"languages-{task}.csv": recl})
+        if recp:
+            sections.append(f"### {task}: random-permutation study (paper Fig. 4)\n{mdp}")
+            files[f"permutation-groups-{task}.csv"] = recp
+    if orders := orders_section(runs):
+        sections.append(orders)
+    if missing:
+        sections.append(f"Runs without {split} results ({len(missing)}): " + ", ".join(map(str, missing)))
+    text = "\n\n".join(sections) + "\n"
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tables.md").write_text(text)
+        for name, records in files.items():
+            write_csv(out / name, records)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("roots", nargs="+", type=Path, help="sweep directories (or run directories)")
+    p.add_argument("--split", default="test", choices=("test", "dev"), help="which results-*.json (evaluate.py --test-split)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "final"), help="results of best/ or final/")
+    p.add_argument("--lowest", default="block", choices=("block", "method"),
+                   help="Lowest column: the language of the model's standard row (paper) or each method's own")
+    p.add_argument("--delta", type=float, default=1.0, help="permutation study: group runs within this many points")
+    p.add_argument("--out", type=Path, help="write tables.md and CSV files here")
+    args = p.parse_args(argv)
+    try:
+        if args.delta < 0:
+            raise UsageError(f"--delta {args.delta}: must be >= 0")
+        print(aggregate(args.roots, args.split, args.out, args.checkpoint, args.lowest, args.delta), end="")
+        return 0
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
