@@ -7,6 +7,7 @@ independent categorical distributions over K outcomes (fun/heads.py) — so none
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +25,35 @@ class Split:
     name: str = ""
 
 
+Value = float | tuple[float, float] | dict[str, float | tuple[float, float]]  # see Defaults
+
+
 @dataclass(frozen=True)
 class Defaults:
-    """Paper hyperparameters (SPEC §5, paper Table 3) for one task; `a/b` = standard / scheduled where they differ."""
-    epochs: int
-    lr: float
+    """Paper hyperparameters (SPEC §5, paper Table 3) for one task.
+
+    `epochs` and `lr` are a number, a (standard, scheduled) pair, or a {model family: either} dict;
+    `k` maps (model family, schedule) → k. Families without paper values (mDeBERTa) take mBERT's.
+    """
+    epochs: Value
+    lr: Value
     batch_size: int
     max_length: int
     k: dict = field(default_factory=dict)          # {(model family, schedule): k}
-    lr_scheduled: float | None = None              # COPA: 1e-4 standard, 1e-5 scheduled
-    epochs_scheduled: int | None = None            # COPA: 500 standard, 5000 scheduled
     lr_schedule: str = "linear"
     fisher_every: int = 100                        # tr(F) curve interval (paper footnote 7: 50 for XCOPA)
+
+    def get(self, name: str, family: str, scheduled: bool):
+        """The paper value of `name` for a model family, standard (False) or scheduled (True) training."""
+        value = getattr(self, name)
+        if isinstance(value, dict):
+            value = value.get(family, value["mbert"])
+        return value[scheduled] if isinstance(value, tuple) else value
+
+    def get_k(self, family: str, schedule: str) -> int:
+        """The paper's k; schedules without their own column (rand, order, gu-rev) use GU's."""
+        column = "gu" if schedule in ("rand", "order", "gu-rev") else schedule
+        return self.k.get((family, column)) or self.k.get(("mbert", column)) or self.k.get(("mbert", "gu"), 800)
 
 
 class Task:
@@ -44,6 +62,7 @@ class Task:
     name: str
     metric: str                        # the model-selection metric key in `score`'s result
     languages: tuple[str, ...]         # zero-shot target languages (SPEC §5)
+    extra_languages: tuple[str, ...] = ()  # also in the dataset, not in the paper's tables (--languages)
     source_lang: str = "en"
     token_level: bool = False          # K is the sequence length (span QA): trim padded logits per feature
     defaults: Defaults
@@ -52,6 +71,11 @@ class Task:
         """Raw examples of `split` ("train", "dev", "test") from `path` (a local file or directory in the
         official format) or, when `path` is None, from the Hugging Face Hub."""
         raise NotImplementedError
+
+    def local_file(self, split: str, directory: str | Path, lang: str) -> Path | None:
+        """The file `load(split, directory, lang)` reads in a local directory of the official layout, so that
+        evaluate.py can skip languages whose files are absent (None: the task does not say)."""
+        return None
 
     def encode(self, examples: list[dict], tokenizer, max_length: int, train: bool) -> list[dict]:
         """Examples → features (lists of token ids, with `labels` of shape (H,) or () for training)."""

@@ -1,0 +1,254 @@
+"""Zero-shot cross-lingual evaluation of a trained task adapter + head (SPEC §1.4 and §5, paper Table 2).
+
+    python evaluate.py runs/xcopa-gu-s1 --test-dir ../shared/data/xcopa --source-file ../shared/data/copa/test.jsonl
+
+Rebuilds encoder + task adapter + head from RUN_DIR/best (or final), then scores English (the source) and
+every target language of the task. With language adapters (MAD-X), the run's source adapter is swapped for
+each target language's (--lang-adapters de=PATH,...); the task adapter and head stay. Writes
+RUN_DIR/results-<split>.json — task, metric, per_language, source (English), average (over the target
+languages, English excluded), lowest — and prints the result as a markdown row like paper Table 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from fun.adapters import AdapterSet
+from fun.evaluation import evaluate
+from fun.model import (AdapterModel, UsageError, freeze, load_encoder, load_task_adapter_weights,
+                       read_adapter_config)
+from fun.tasks import TASKS, Task
+
+SPLITS = {"test": "test", "dev": "dev", "val": "dev"}  # --test-split → the task's split name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a train.py run directory (config.json, best/, final/)")
+    p.add_argument("--task", help="default: the run's task; a SQuAD run evaluates on xquad and mlqa alike")
+    p.add_argument("--model", help="encoder (Hub id or local directory); default: the one the run trained with")
+    p.add_argument("--checkpoint", default="best", choices=("best", "final"), help="best English dev, or the last step")
+    p.add_argument("--test-dir", help="local directory of per-language files in the official layout; "
+                                      "default: the Hub dataset. Languages without a file are skipped and listed")
+    p.add_argument("--source-file", help="English (source) file, when --test-dir has none (XCOPA: copa/test.jsonl)")
+    p.add_argument("--test-split", default="test", choices=tuple(SPLITS), help="per-language test or dev/val sets")
+    p.add_argument("--languages", help="comma-separated target languages (default: all of the task's); English "
+                                       "is always evaluated as the source")
+    p.add_argument("--lang-adapters", help="target language adapters, de=PATH,es=PATH (en=PATH overrides the run's)")
+    p.add_argument("--no-lang-adapter-ok", action="store_true",
+                   help="a target without a language adapter runs with none instead of being an error")
+    p.add_argument("--max-samples", type=int, help="seeded random subsample of each language (quick checks)")
+    p.add_argument("--max-length", type=int, help="max tokens per input (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true", help="CUDA autocast to bfloat16")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--output", help="results file (default: RUN_DIR/results-<split>.json)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_languages(value: str | None, task: Task) -> list[str]:
+    if not value:
+        return list(task.languages)
+    langs = [x.strip() for x in value.split(",") if x.strip() and x.strip() != task.source_lang]
+    allowed = task.languages + task.extra_languages
+    unknown = [x for x in langs if x not in allowed]
+    if unknown:
+        raise UsageError(f"--languages: {', '.join(unknown)} not target languages of {task.name} "
+                         f"(choose from {', '.join(allowed)})")
+    return list(dict.fromkeys(langs))
+
+
+def strip_lang(value: str) -> str:
+    """train.py's --lang-adapter is DIR or en=DIR; the path is what we load."""
+    return re.sub(r"^[a-z]{2,3}=", "", value)
+
+
+def parse_lang_adapters(value: str | None) -> dict[str, str]:
+    out = {}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        lang, sep, path = item.partition("=")
+        if not sep or not lang.strip() or not path.strip():
+            raise UsageError(f"--lang-adapters: '{item}' is not LANG=PATH (e.g. de=adapters/de,es=adapters/es)")
+        out[lang.strip()] = path.strip()
+    return out
+
+
+def plan_adapters(source: str | None, given: dict[str, str], targets: list[str], fallback_ok: bool) -> dict:
+    """{language: adapter path or None}; a run trained with a source adapter needs one per target (MAD-X)."""
+    if source is None and given:
+        raise UsageError("--lang-adapters: this run was trained without a language adapter, so its task adapter "
+                         "never saw one; evaluate without --lang-adapters")
+    missing = [lang for lang in targets if lang not in given]
+    if source is not None and missing and not fallback_ok:
+        raise UsageError(f"the run was trained on the language adapter {source}; no --lang-adapters for "
+                         f"{', '.join(missing)} (pass LANG=PATH for each, or --no-lang-adapter-ok to use none there)")
+    return {"en": given.get("en", source), **{lang: given.get(lang) for lang in targets}}
+
+
+def locate_data(task: Task, split: str, lang: str, args) -> tuple[str | None, str | None]:
+    """(path for `task.load`, or None for the Hub; reason to skip the language, or None)."""
+    if lang == task.source_lang and args.source_file:
+        return args.source_file, None
+    if not args.test_dir:
+        return None, None
+    file = task.local_file(split, args.test_dir, lang)
+    if file is not None and not file.exists():
+        hint = "; pass --source-file" if lang == task.source_lang else ""
+        return None, f"no file {file}{hint}"
+    return args.test_dir, None
+
+
+def build_model(task: Task, checkpoint: Path, meta: dict, model_name: str) -> tuple[AdapterModel, object]:
+    """Encoder + the saved task adapter and head, as train.py built them."""
+    encoder, tokenizer = load_encoder(model_name)
+    if (encoder.config.hidden_size, encoder.config.num_hidden_layers) != (meta["hidden_size"], meta["num_layers"]):
+        raise UsageError(f"--model {model_name}: hidden size {encoder.config.hidden_size} × {encoder.config.num_hidden_layers} "
+                         f"layers, but the run trained on {meta['hidden_size']} × {meta['num_layers']} ({meta['model']})")
+    task_adapter = AdapterSet(**meta["task_adapter"]) if meta.get("task_adapter") else None
+    head = task.make_head(encoder.config.hidden_size, encoder.config.hidden_dropout_prob)
+    freeze(encoder)
+    model = AdapterModel(encoder, head, task_adapter)
+    try:
+        load_task_adapter_weights(model, checkpoint)
+    except RuntimeError as err:
+        raise UsageError(f"{checkpoint}: the saved head does not fit task {task.name} (trained on {meta['task']}): "
+                         f"{str(err).splitlines()[0]}") from None
+    freeze(model)
+    return model.eval(), tokenizer
+
+
+def summarise(task: Task, per_language: dict[str, dict]) -> tuple[dict, dict | None]:
+    """(average of every metric over the target languages — English excluded —, the lowest language)."""
+    targets = {lang: m for lang, m in per_language.items() if lang != task.source_lang}
+    if not targets:
+        return {}, None
+    keys = next(iter(targets.values())).keys()
+    average = {k: sum(m[k] for m in targets.values()) / len(targets) for k in keys}
+    low = min(targets, key=lambda lang: targets[lang][task.metric])
+    return average, {"lang": low, "value": targets[low][task.metric]}
+
+
+def markdown_row(results: dict, languages: list[str]) -> str:
+    """| task | en | lowest | avg | lang… | — the shape of paper Table 2 (QA cells: F1 / EM)."""
+    def cell(m: dict | None) -> str:
+        if not m:
+            return "—"
+        return f"{m['f1']:.2f} / {m['exact_match']:.2f}" if "exact_match" in m else f"{m[results['metric']]:.2f}"
+
+    low = results["lowest"]
+    cells = [f"{results['task']} ({results['metric']}, {results['split']})", cell(results["source"]),
+             f"{low['lang']} {low['value']:.2f}" if low else "—", cell(results["average"]) if results["average"] else "—",
+             *(cell(results["per_language"].get(lang)) for lang in languages)]
+    header = ["task", "en", "lowest", "avg", *languages]
+    return "\n".join("| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.json").exists():
+        raise UsageError(f"{run_dir}: no config.json; expected a train.py run directory")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    task_name = args.task or cfg["task"]
+    if task_name not in TASKS:
+        raise UsageError(f"--task {task_name}: unknown task; choose one of {', '.join(TASKS)}")
+    task = TASKS[task_name]
+    checkpoint = run_dir / args.checkpoint
+    meta = read_adapter_config(checkpoint)
+    split = SPLITS[args.test_split]
+    for name in ("max_samples", "max_length", "batch_size", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive integer")
+    if args.test_dir and not Path(args.test_dir).is_dir():
+        raise UsageError(f"--test-dir {args.test_dir}: not a directory")
+    if args.bf16 and not str(args.device).startswith("cuda"):
+        raise UsageError("--bf16 autocast is for CUDA devices; on CPU evaluate in float32")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    # --- what to evaluate: data per language (cheap checks first), language adapters -----------------------
+    targets = parse_languages(args.languages, task)
+    data, skipped = {}, {}
+    for lang in [task.source_lang, *targets]:
+        path, reason = locate_data(task, split, lang, args)
+        if reason:
+            skipped[lang] = reason
+        else:
+            data[lang] = path
+    if not any(lang in data for lang in targets):
+        raise UsageError(f"--test-dir {args.test_dir}: no {task.name} {args.test_split} files for any of "
+                         f"{', '.join(targets)} ({skipped[targets[0]]}, ...)")
+    source_adapter = strip_lang(meta["lang_adapter"]) if meta.get("lang_adapter") else None
+    given = parse_lang_adapters(args.lang_adapters)
+    unknown = sorted(set(given) - {task.source_lang, *task.languages, *task.extra_languages})
+    if unknown:
+        raise UsageError(f"--lang-adapters: {', '.join(unknown)} not languages of {task.name} "
+                         f"({', '.join(task.languages + task.extra_languages)}; en for the source)")
+    adapters = plan_adapters(source_adapter, given, [lang for lang in targets if lang in data], args.no_lang_adapter_ok)
+
+    # --- model ---------------------------------------------------------------------------------------------
+    model, tokenizer = build_model(task, checkpoint, meta, args.model or meta["model"])
+    device = torch.device(args.device)
+    model.to(device)
+    max_length = args.max_length or meta.get("max_length") or task.defaults.max_length
+    autocast_dtype = torch.bfloat16 if args.bf16 else None
+
+    per_language, examples = {}, {}
+    for lang, path in data.items():
+        if adapters.get(lang) is not None:
+            from fun.adapterhub import load_lang_adapter  # lazily: only runs with language adapters need it
+            model.set_lang_adapter(load_lang_adapter(adapters[lang], model.encoder))
+        else:
+            model.set_lang_adapter(None)
+        try:
+            lang_split = task.split(split, tokenizer, max_length, path, lang, max_examples=args.max_samples, seed=0)
+        except UsageError as err:  # e.g. XCOPA's English test is not on the Hub: report the targets anyway
+            if lang != task.source_lang or path is not None:
+                raise
+            skipped[lang] = str(err)
+            continue
+        per_language[lang] = evaluate(model, task, lang_split, args.batch_size, tokenizer.pad_token_id, device,
+                                      autocast_dtype, progress=not args.no_progress)
+        examples[lang] = len(lang_split.examples)
+        print(f"{lang}: " + ", ".join(f"{k} {v:.2f}" for k, v in per_language[lang].items())
+              + f" ({examples[lang]} examples)", file=sys.stderr)
+
+    source = per_language.pop(task.source_lang, None)
+    average, lowest = summarise(task, per_language)
+    results = dict(task=task.name, metric=task.metric, split=args.test_split, checkpoint=args.checkpoint,
+                   step=meta.get("step"), run_dir=str(run_dir), model=args.model or meta["model"], max_length=max_length,
+                   source=source, per_language=per_language, average=average, lowest=lowest, examples=examples,
+                   skipped=skipped, lang_adapters={lang: adapters.get(lang) for lang in data},
+                   max_samples=args.max_samples)
+    suffix = (f"-{task.name}" if task.name != cfg["task"] else "") + f"-{split}" + ("-final" if args.checkpoint == "final" else "")
+    output = Path(args.output) if args.output else run_dir / f"results{suffix}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+
+    print(markdown_row(results, targets))
+    if skipped:
+        print("skipped (no data): " + "; ".join(f"{lang}: {why}" for lang, why in skipped.items()))
+    print(f"results → {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
