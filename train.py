@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lang-reduction-factor", type=int, default=2, help="language adapter: bottleneck = hidden // rf")
     g.add_argument("--lang-activation", default="relu", help="language adapter activation (a transformers ACT2FN name)")
     g.add_argument("--mlm-head", default="pretrained", choices=("pretrained", "new"),
-                   help="pretrained: the checkpoint's MLM head, frozen; new: train a fresh head transform (models without one)")
+                   help="pretrained: the checkpoint's MLM head, frozen; new: train a fresh one (models without)")
     g.add_argument("--mlm-probability", type=float, default=0.15, help="share of tokens masked (80/10/10)")
     g = p.add_argument_group("schedule (SPEC §3)")
     g.add_argument("--schedule", default="standard", help=f"one of: {', '.join(SCHEDULES)}")
