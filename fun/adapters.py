@@ -128,6 +128,30 @@ def get_encoder_parts(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
                          "`.encoder.layer[i].output` (BERT, XLM-R, mDeBERTa-v2/v3)") from err
 
 
+class _BlockHooks:
+    """The two hooks of one output block. An object, not a closure: `copy.deepcopy(model)` deep-copies a bound
+    method's `self`, so a copied model's hooks drive the copied adapters (closures would keep the originals)."""
+
+    def __init__(self, stack: "AdapterStack", block: nn.Module, index: int):
+        self.stack, self.block, self.index, self.x = stack, block, index, None
+
+    def capture_x(self, module, args, kwargs):
+        self.x = args[1] if len(args) > 1 else kwargs["input_tensor"]
+
+    def apply_stack(self, module, args, h):
+        x, self.x = self.x, None  # never keep activations alive after the call
+        return madx_output(h, x, self.block.LayerNorm, self.stack.layer(self.index))
+
+
+class _EmbeddingHook:
+    def __init__(self, stack: "AdapterStack"):
+        self.stack = stack
+
+    def __call__(self, module, args, output):
+        inv = self.stack.invertible()
+        return output if inv is None else inv(output)
+
+
 def add_adapters(model: nn.Module, stack: "AdapterStack") -> AdapterHandle:
     """Inject `stack` into `model` with forward hooks; return the one handle that removes them.
 
@@ -138,24 +162,11 @@ def add_adapters(model: nn.Module, stack: "AdapterStack") -> AdapterHandle:
     """
     embeddings, blocks = get_encoder_parts(model)
     handle = AdapterHandle()
-
-    def on_embeddings(module, args, output):
-        inv = stack.invertible()
-        return output if inv is None else inv(output)
-
-    handle.hooks.append(embeddings.register_forward_hook(on_embeddings))
+    handle.hooks.append(embeddings.register_forward_hook(_EmbeddingHook(stack)))
     for i, block in enumerate(blocks):
-        slot: dict[str, torch.Tensor] = {}
-
-        def capture_x(module, args, kwargs, slot=slot):
-            slot["x"] = args[1] if len(args) > 1 else kwargs["input_tensor"]
-
-        def apply_stack(module, args, h, slot=slot, block=block, i=i):
-            x = slot.pop("x")  # pop: never keep activations alive after the call
-            return madx_output(h, x, block.LayerNorm, stack.layer(i))
-
-        handle.hooks.append(block.register_forward_pre_hook(capture_x, with_kwargs=True))
-        handle.hooks.append(block.dropout.register_forward_hook(apply_stack))
+        hooks = _BlockHooks(stack, block, i)
+        handle.hooks.append(block.register_forward_pre_hook(hooks.capture_x, with_kwargs=True))
+        handle.hooks.append(block.dropout.register_forward_hook(hooks.apply_stack))
     return handle
 
 

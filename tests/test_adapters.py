@@ -135,3 +135,18 @@ def test_language_adapter_swap_needs_no_rehooking():
     fresh = AdapterModel(tiny_encoder("bert"), model.head, task, de).eval()
     assert not torch.allclose(out_en, out_de)
     torch.testing.assert_close(out_de, fresh(batch), rtol=0, atol=1e-6)
+
+
+def test_deepcopy_gives_an_independent_model():
+    encoder = tiny_encoder("bert")
+    d, n = encoder.config.hidden_size, encoder.config.num_hidden_layers
+    model = AdapterModel(encoder, ClassificationHead(d, 3), AdapterSet(d, n)).eval()
+    ids, mask = inputs()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    before = model(batch)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in clone.task_adapter.parameters():
+            p.add_(0.5)
+    assert torch.equal(model(batch), before)  # the original does not see the copy's adapters
+    assert not torch.allclose(clone(batch), before)  # the copy's hooks drive the copy's adapters
