@@ -150,3 +150,25 @@ def test_deepcopy_gives_an_independent_model():
             p.add_(0.5)
     assert torch.equal(model(batch), before)  # the original does not see the copy's adapters
     assert not torch.allclose(clone(batch), before)  # the copy's hooks drive the copy's adapters
+
+
+@pytest.mark.parametrize("trainable", [{3}, {2, 3}, {0, 1, 2, 3}, set()])
+def test_backward_stops_at_the_lowest_trainable_adapter(trainable):
+    """Frozen adapters below the lowest trainable one add no autograd graph: the GU fast path (issue 7)."""
+    encoder = tiny_encoder("bert")
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    d, n = encoder.config.hidden_size, encoder.config.num_hidden_layers
+    task = AdapterSet(d, n)
+    for i, layer in enumerate(task.layers):
+        layer.requires_grad_(i in trainable)
+    model = AdapterModel(encoder, ClassificationHead(d, 3), task).train()
+    needs_grad = []
+    hooks = [layer.register_forward_hook(lambda m, a, out: needs_grad.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad))
+             for layer in encoder.encoder.layer]
+    ids, mask = inputs()
+    model({"input_ids": ids, "attention_mask": mask}).sum().backward()
+    lowest = min(trainable, default=n)
+    assert needs_grad == [i >= lowest for i in range(n)]
+    for i, layer in enumerate(task.layers):  # frozen adapters get no .grad at all
+        assert all((p.grad is not None) == (i in trainable) for p in layer.parameters())
