@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import random
 import shutil
 import signal
@@ -24,10 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fun.adapters import AdapterSet
 from fun.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from fun.data import collate, training_batches
-from fun.evaluation import evaluate
+from fun.data import collate, to_device, training_batches
 from fun.model import (AdapterModel, UsageError, count_parameters, freeze, load_encoder, save_task_adapter)
 from fun.schedules import SCHEDULES, Selection, is_unfreeze_step, last_unfreeze_step, validate_order
 from fun.tasks import TASKS, task_loss
@@ -242,13 +238,8 @@ def train(cfg: dict) -> int:
         lang_adapter = load_lang_adapter_arg(cfg["lang_adapter"], encoder)
     if schedule.adapters:
         freeze(encoder)
-    if hasattr(task, "build_model"):  # --task mlm brings its own adapter (a language adapter) and head
-        model = task.build_model(encoder, cfg, lang_adapter)
-        task_adapter, head = model.task_adapter, model.head
-    else:
-        task_adapter = AdapterSet(hidden, num_layers, cfg["reduction_factor"]) if schedule.adapters else None
-        head = task.make_head(hidden, encoder.config.hidden_dropout_prob)
-        model = AdapterModel(encoder, head, task_adapter, lang_adapter)
+    model = task.build_model(encoder, cfg, lang_adapter, adapters=schedule.adapters)  # (--task mlm: its own)
+    task_adapter, head = model.task_adapter, model.head
     if lang_adapter is not None:
         freeze(lang_adapter)
     if cfg["schedule"] == "order":
@@ -367,9 +358,8 @@ def train(cfg: dict) -> int:
         epoch, position, idx = next(batches)
         state["epoch"], state["batch"] = epoch, position + 1  # where a resumed run continues
         batch = collate([train_split.features[i] for i in idx], pad_id)
-        if hasattr(task, "mask_batch"):  # MLM: dynamic masks from (seed, step), so a resumed run masks the same
-            batch = task.mask_batch(batch, tokenizer, torch.Generator().manual_seed(cfg["seed"] * 999_983 + step))
-        batch = {k_: v.to(device, non_blocking=True) for k_, v in batch.items()}
+        batch = task.train_batch(batch, tokenizer, cfg["seed"], step)  # (MLM: masks it)
+        batch = to_device(batch, device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(batch)  # (B, H, K)
         loss = task_loss(logits, batch["labels"])
@@ -394,19 +384,14 @@ def train(cfg: dict) -> int:
             record["fisher"] = {str(j): v for j, v in sorted(values.items())}
             record["fisher_avg"] = float(np.mean([values[j] for j in sorted(trainable)])) if trainable else 0.0
         if step % eval_every == 0 or step == total:
-            if hasattr(task, "evaluate"):  # MLM: held-out masked-token loss, streamed (no per-feature vocab logits)
-                metrics = task.evaluate(model, dev_split, cfg["eval_batch_size"], pad_id, device, autocast_dtype)
-            else:
-                metrics = evaluate(model, task, dev_split, cfg["eval_batch_size"], pad_id, device, autocast_dtype,
-                                   progress=False)
+            metrics = task.evaluate(model, dev_split, cfg["eval_batch_size"], pad_id, device, autocast_dtype)
             model.train(not cfg["no_dropout"])
             record["dev"] = metrics
             value = metrics[task.metric]
             if state["best"] is None or value > state["best"]["value"]:
                 state["best"] = {"step": step, "value": value, "metrics": metrics}
                 save_task_adapter(model, out / "best", dict(meta, step=step, dev=metrics))
-                if hasattr(task, "export"):  # MLM: the language adapter in AdapterHub's layout too, best/adapterhub/
-                    task.export(model, out / "best", cfg)
+                task.export(model, out / "best", cfg)  # (MLM: the language adapter in AdapterHub's layout too)
             bar.set_postfix({task.metric: f"{value:.2f}"})
         if record or step % cfg["log_every"] == 0 or step == total:
             record = dict(step=step, epoch=epoch, loss=state["loss_sum"] / state["loss_count"], lr=lr,
@@ -426,8 +411,7 @@ def train(cfg: dict) -> int:
     bar.close()
     log.close()
     save_task_adapter(model, out / "final", dict(meta, step=state["step"]))
-    if hasattr(task, "export"):
-        task.export(model, out / "final", cfg)
+    task.export(model, out / "final", cfg)
     save_checkpoint()
     summary = dict(steps=state["step"], best=state["best"], events=state["events"],
                    train_seconds=round(state["elapsed"], 1))

@@ -44,6 +44,13 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     return batch
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The batch on `device`. For CUDA it is copied from pinned memory with non_blocking=True, so the copy is
+    asynchronous (a pageable source would make non_blocking a no-op)."""
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items() if k not in skip}
+
+
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     """The training order of one epoch: a permutation drawn from (seed, epoch) alone, so a run resumes exactly."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)

@@ -6,11 +6,15 @@ logits come back per feature in the original order (trimmed to the feature's own
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from tqdm.auto import tqdm
 
-from fun.data import collate, length_sorted_batches
-from fun.tasks.base import Split, Task
+from fun.data import collate, length_sorted_batches, to_device
+
+if TYPE_CHECKING:  # fun.tasks.base calls evaluate() for its default Task.evaluate
+    from fun.tasks.base import Split, Task
 
 
 @torch.inference_mode()
@@ -25,7 +29,7 @@ def predict(model: torch.nn.Module, task: Task, split: Split, batch_size: int, p
     batches = length_sorted_batches(split.features, batch_size)
     for idx in tqdm(batches, desc=f"eval {split.name}", disable=not progress, leave=False):
         batch = collate([split.features[i] for i in idx], pad_token_id)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+        batch = to_device(batch, device, skip=("labels",))
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(batch).float().cpu()  # (B, H, K)
         for row, i in zip(logits, idx):

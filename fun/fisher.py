@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from fun.data import to_device
+
 LABEL_MODES = ("sample", "exact", "argmax", "true")
 ESTIMATORS = ("per-sample", "batch")
 
@@ -140,7 +142,7 @@ def fisher_trace(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], *
         # trainable head). torch.func.grad/jacrev ignore an *outer* no_grad, so the gradients are unaffected.
         with torch.no_grad():
             for batch in batches:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                batch = to_device(batch, device)
                 gold = batch.pop("labels", None)
                 size = batch["input_ids"].shape[0]
                 if labels == "true" and gold is None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import fun.tasks.base
 import train
 from fun.model import AdapterModel
 
@@ -30,7 +31,7 @@ def test_only_scheduled_adapters_and_head_change(tiny_bert_dir, nli_files, tmp_p
             built["model"] = self
             built["init"] = {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    monkeypatch.setattr(train, "AdapterModel", Recording)
+    monkeypatch.setattr(fun.tasks.base, "AdapterModel", Recording)  # Task.build_model builds it
     out = tmp_path / "run"
     # GU with k=4: layer 3 trains from step 1, layer 2 from step 4; layers 0 and 1 stay frozen
     assert train.main(run_args(tiny_bert_dir, nli_files, out, "--schedule", "gu", "--k", "4", "--max-steps", "5")) == 0
@@ -91,7 +92,7 @@ def test_full_finetuning_trains_the_encoder(tiny_bert_dir, nli_files, tmp_path, 
             super().__init__(*args, **kwargs)
             built["model"], built["init"] = self, {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    monkeypatch.setattr(train, "AdapterModel", Recording)
+    monkeypatch.setattr(fun.tasks.base, "AdapterModel", Recording)  # Task.build_model builds it
     assert train.main(run_args(tiny_bert_dir, nli_files, tmp_path / "full", "--schedule", "full", "--max-steps", "2",
                                "--lr", "1e-3")) == 0
     model, init = built["model"], built["init"]

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fun.model import UsageError
+from fun.adapters import AdapterSet
+from fun.evaluation import evaluate
+from fun.model import AdapterModel, UsageError
 
 
 @dataclass
@@ -57,7 +59,11 @@ class Defaults:
 
 
 class Task:
-    """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `score`."""
+    """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `score`.
+
+    The training loop also calls `build_model`, `train_batch`, `evaluate` and `export` on every task; their
+    defaults below suit the four evaluation tasks, and --task mlm (fun/tasks/mlm.py) overrides them.
+    """
 
     name: str
     metric: str                        # the model-selection metric key in `score`'s result
@@ -87,6 +93,26 @@ class Task:
     def score(self, split: Split, logits: list[torch.Tensor]) -> dict[str, float]:
         """Metrics of the model's per-feature logits (each (H, K)) on `split`."""
         raise NotImplementedError
+
+    def build_model(self, encoder: nn.Module, cfg: dict, lang_adapter: AdapterSet | None = None,
+                    adapters: bool = True) -> AdapterModel:
+        """Frozen encoder + Stack(lang, task) + head; `adapters=False` (full fine-tuning) has no task adapter."""
+        config = encoder.config
+        task_adapter = AdapterSet(config.hidden_size, config.num_hidden_layers, cfg["reduction_factor"]) if adapters else None
+        return AdapterModel(encoder, self.make_head(config.hidden_size, config.hidden_dropout_prob), task_adapter,
+                            lang_adapter)
+
+    def train_batch(self, batch: dict[str, torch.Tensor], tokenizer, seed: int, step: int) -> dict[str, torch.Tensor]:
+        """A collated training batch as the model sees it at `step` (unchanged here; MLM masks it)."""
+        return batch
+
+    def evaluate(self, model: nn.Module, split: Split, batch_size: int, pad_token_id: int,
+                 device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+        """Dev metrics during training: `score` of the model's logits on `split`."""
+        return evaluate(model, self, split, batch_size, pad_token_id, device, autocast_dtype, progress=False)
+
+    def export(self, model: nn.Module, directory: Path, cfg: dict) -> None:
+        """Files written beside save_task_adapter's in best/ and final/ (none here; MLM adds AdapterHub's layout)."""
 
     def split(self, split: str, tokenizer, max_length: int, path: str | None = None, lang: str = "en",
               max_examples: int | None = None, seed: int = 0) -> Split:

@@ -35,7 +35,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from fun.adapters import AdapterSet, InvertibleAdapter
-from fun.data import check_file, collate, length_sorted_batches
+from fun.data import check_file, collate, length_sorted_batches, to_device
 from fun.model import AdapterModel, UsageError, additive_attention_mask, freeze
 from fun.tasks.base import Defaults, Split, Task, load_hub
 
@@ -189,7 +189,8 @@ class MLM(Task):
         self.options: dict = {}
 
     # --- model ---------------------------------------------------------------------------------------------
-    def build_model(self, encoder: nn.Module, cfg: dict, lang_adapter: AdapterSet | None = None) -> MLMModel:
+    def build_model(self, encoder: nn.Module, cfg: dict, lang_adapter: AdapterSet | None = None,
+                    adapters: bool = True) -> MLMModel:
         """Language adapter (in the task slot) + MLM head on the frozen encoder; records the data options."""
         if not cfg.get("lang"):
             raise UsageError("--task mlm needs --lang, the language code of the text (it names the adapter), "
@@ -268,9 +269,10 @@ class MLM(Task):
         return mask_tokens(input_ids, special_mask(input_ids, tokenizer), len(tokenizer), tokenizer.mask_token_id,
                            self.options.get("probability", 0.15), generator)
 
-    def mask_batch(self, batch: dict[str, torch.Tensor], tokenizer,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Dynamic masking of a collated training batch → adds `mlm_positions` and `labels` (B, M)."""
+    def train_batch(self, batch: dict[str, torch.Tensor], tokenizer, seed: int, step: int) -> dict[str, torch.Tensor]:
+        """Dynamic masking of a collated training batch → adds `mlm_positions` and `labels` (B, M). The masks
+        come from a generator seeded by (seed, step), so a resumed run masks exactly as an uninterrupted one."""
+        generator = torch.Generator().manual_seed(seed * 999_983 + step)
         masked, positions, labels = self._mask(batch["input_ids"], tokenizer, generator)
         return dict(batch, input_ids=masked, mlm_positions=positions, labels=labels)
 
@@ -296,7 +298,7 @@ class MLM(Task):
         nll, correct, count = 0.0, 0, 0
         for idx in length_sorted_batches(split.features, batch_size):
             batch = collate([split.features[i] for i in idx], pad_token_id)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(batch).float()  # (B, M, V)
             labels = batch["labels"]  # (B, M), -100 = padding
