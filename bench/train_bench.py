@@ -1,20 +1,25 @@
 """Training-step and inference benchmarks (a script, not a test). Prints tables, writes bench/results/*.json.
 
-    python bench/train_bench.py --model ../shared/models/multilingual-e5-small      # CPU, batch 32 x 128
-    python bench/train_bench.py --tiny                                              # a small config from code
+    python bench/train_bench.py --threads 2        # multilingual-e5-small (../shared/models), batch 32 x 128
+    python bench/train_bench.py --tiny --threads 2 # a 12-layer hidden-128 BERT built from a config
+    python bench/train_bench.py --model bert-base-multilingual-cased --device cuda
 
 Measures, in one process per configuration (so peak memory is that configuration's own):
   * a training step (forward, backward, clip, AdamW) with no adapters (head only), `standard` (all adapters
-    trainable) and the GU phases with the top 1, 4, 8 adapters trainable, in train mode (dropout on);
+    trainable) and the GU phases with the top 1, 4, 8 adapters trainable, in train mode (dropout on, as the
+    paper), and GU top 1 / standard with the encoder in eval mode (train.py --no-dropout);
+  * the forward pass alone in train mode: the floor of every training step of a frozen encoder;
   * forward-only hook overhead: adapters attached but all frozen vs no adapters (eval, inference mode);
   * evaluation throughput on real XNLI dev text: length-sorted batches with dynamic padding vs fixed padding.
-Ratios are taken within one run, against the all-trainable step.
+Every case runs --rounds times in rotation; its time is its fastest call (the least disturbed by other load on a
+shared machine), ratios are taken within one run against the all-trainable step of the same mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -62,7 +67,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int, warmup: int, device) -> float:
+def timed(fn, repeats: int, warmup: int, device) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -72,7 +77,7 @@ def timed(fn, repeats: int, warmup: int, device) -> float:
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
 
 
 def peak_memory_mb(device) -> float:
@@ -81,10 +86,13 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+TRAIN_CASES = {"no-adapters": 0, "gu-1": 1, "gu-4": 4, "gu-8": 8, "standard": None}  # trainable adapters (top k)
+
+
 def run_one(args, case: str) -> dict:
-    """One configuration, measured in this (fresh) process."""
+    """One configuration, measured in this (fresh) process: wall times of `repeats` calls, peak memory."""
     torch.manual_seed(0)
-    if case == "eval-dynamic" or case == "eval-fixed":
+    if case in ("eval-dynamic", "eval-fixed"):
         model, tokenizer = build(args, adapters=True)
         model.eval()
         task = TASKS["xnli"]
@@ -106,32 +114,32 @@ def run_one(args, case: str) -> dict:
         else:
             def go():
                 predict(model, task, split, args.batch_size, tokenizer.pad_token_id, args.device, progress=False)
-        seconds = timed(go, 1, 0, args.device)
-        return dict(case=case, seconds=seconds, examples_per_s=len(split.features) / seconds,
+        return dict(case=case, times=timed(go, 1, 0, args.device), examples=len(split.features),
                     peak_mb=peak_memory_mb(args.device))
 
-    adapters = case != "no-adapters" and case != "forward-no-adapters"
+    name, _, mode = case.partition("/")  # "/eval": frozen encoder in eval mode (train.py --no-dropout)
+    adapters = name not in ("no-adapters", "forward-no-adapters")
     model, tokenizer = build(args, adapters)
     batch = {k: v.to(args.device) for k, v in synthetic_batch(args, model.encoder.config.vocab_size).items()}
     n = model.encoder.config.num_hidden_layers
-    if case.startswith("forward"):
+    if name.startswith("forward"):  # forward only, nothing trainable: the floor of any training step
         if adapters:
             for p in model.task_adapter.parameters():
                 p.requires_grad_(False)
-        model.eval()
+        model.train(name == "forward-train")
 
         @torch.inference_mode()
         def go():
             model(batch)
     else:
-        trainable = {"no-adapters": 0, "standard": n, "gu-1": 1, "gu-4": 4, "gu-8": 8}[case]
+        trainable = TRAIN_CASES[name] if TRAIN_CASES[name] is not None else n
         if adapters:
             for i, layer in enumerate(model.task_adapter.layers):
                 for p in layer.parameters():
                     p.requires_grad_(i >= n - trainable)  # GU: the top `trainable` adapters
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
-        model.train()
+        model.train(mode != "eval")
 
         def go():
             loss = task_loss(model(batch), batch["labels"])
@@ -139,12 +147,11 @@ def run_one(args, case: str) -> dict:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    seconds = timed(go, args.repeats, args.warmup, args.device)
-    return dict(case=case, seconds=seconds, samples_per_s=args.batch_size / seconds, peak_mb=peak_memory_mb(args.device))
+    return dict(case=case, times=timed(go, args.repeats, args.warmup, args.device), peak_mb=peak_memory_mb(args.device))
 
 
-CASES = ["no-adapters", "gu-1", "gu-4", "gu-8", "standard", "forward-no-adapters", "forward-frozen-adapters",
-         "eval-dynamic", "eval-fixed"]
+CASES = ["no-adapters", "gu-1", "gu-4", "gu-8", "standard", "gu-1/eval", "standard/eval",
+         "forward-train", "forward-no-adapters", "forward-frozen-adapters", "eval-dynamic", "eval-fixed"]
 
 
 def main() -> None:
@@ -153,7 +160,10 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="12-layer hidden-128 BERT built from a config")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per process")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="measure all cases this many times in rotation (one process each), so that a burst of load "
+                        "on a shared machine hits every case alike; a case's time is its fastest call")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--eval-examples", type=int, default=512, help="XNLI en dev examples for the eval benchmark")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -168,39 +178,56 @@ def main() -> None:
         print(json.dumps(run_one(args, args.one)))
         return
 
-    rows = {}
-    for case in args.cases.split(","):
-        cmd = [sys.executable, __file__, "--one", case] + [a for a in sys.argv[1:] if not a.startswith("--cases")]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{case} failed:\n{proc.stderr[-2000:]}")
-        rows[case] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"  measured {case}: {rows[case]['seconds']:.3f}s", file=sys.stderr)
+    forwarded = [a for i, a in enumerate(sys.argv[1:], 1)  # our argv without --cases and its value
+                 if not a.startswith("--cases") and sys.argv[i - 1] != "--cases"]
+    cases = args.cases.split(",")
+    rows: dict[str, dict] = {}
+    for r in range(args.rounds):
+        for case in cases:
+            proc = subprocess.run([sys.executable, __file__, "--one", case] + forwarded, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{case} failed:\n{proc.stderr[-2000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            if case in rows:
+                row["times"] = rows[case]["times"] + row["times"]
+                row["peak_mb"] = max(rows[case]["peak_mb"], row["peak_mb"])
+            rows[case] = dict(row, seconds=min(row["times"]), median=statistics.median(row["times"]))
+            print(f"  round {r + 1}/{args.rounds} {case}: {rows[case]['seconds']:.3f}s", file=sys.stderr)
 
-    base = rows.get("standard", {}).get("seconds")
     name = "tiny" if args.tiny else Path(args.model).name
     device = torch.cuda.get_device_name() if str(args.device).startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{name}, batch {args.batch_size} x {args.seq_len}, {device}, median of {args.repeats}\n")
-    print("| case | s/step | samples/s | vs standard step | peak MB |\n|---|---|---|---|---|")
-    for case in ("no-adapters", "gu-1", "gu-4", "gu-8", "standard"):
+    print(f"\n{name}, batch {args.batch_size} x {args.seq_len}, {device}; fastest of {args.rounds} rounds x "
+          f"{args.repeats} calls (median in brackets)\n")
+
+    def ratio(case: str, base: str) -> str:
+        return f"{rows[case]['seconds'] / rows[base]['seconds']:.2f}x" if base in rows else "-"
+
+    print("| case | s/step | samples/s | vs standard | peak MB |\n|---|---|---|---|---|")
+    labels = {"no-adapters": "train, no adapters (head only)", "gu-1": "train, GU top 1 adapter",
+              "gu-4": "train, GU top 4", "gu-8": "train, GU top 8", "standard": "train, standard (all adapters)",
+              "gu-1/eval": "train, GU top 1, --no-dropout", "standard/eval": "train, standard, --no-dropout",
+              "forward-train": "forward only, train mode (dropout)", "forward-no-adapters": "forward only, eval, no adapters",
+              "forward-frozen-adapters": "forward only, eval, frozen adapters"}
+    for case, label in labels.items():
         if case in rows:
             r = rows[case]
-            print(f"| train {case} | {r['seconds']:.3f} | {r['samples_per_s']:.1f} | "
-                  f"{r['seconds'] / base:.2f}x | {r['peak_mb']:.0f} |" if base else "")
+            base = "standard/eval" if case.endswith("/eval") else "standard"
+            print(f"| {label} | {r['seconds']:.3f} ({r['median']:.3f}) | {args.batch_size / r['seconds']:.1f} | "
+                  f"{ratio(case, base)} | {r['peak_mb']:.0f} |")
     if "forward-no-adapters" in rows and "forward-frozen-adapters" in rows:
         a, b = rows["forward-no-adapters"]["seconds"], rows["forward-frozen-adapters"]["seconds"]
-        print(f"| forward, no adapters | {a:.3f} | {args.batch_size / a:.1f} | {a / base:.2f}x | {rows['forward-no-adapters']['peak_mb']:.0f} |" if base else "")
-        print(f"| forward, frozen adapters attached | {b:.3f} | {args.batch_size / b:.1f} | hook overhead {100 * (b / a - 1):+.1f}% | {rows['forward-frozen-adapters']['peak_mb']:.0f} |")
+        print(f"\nhook overhead (frozen adapters attached vs none, forward): {100 * (b / a - 1):+.1f}%")
     if "eval-dynamic" in rows and "eval-fixed" in rows:
         dyn, fix = rows["eval-dynamic"], rows["eval-fixed"]
-        print(f"\nevaluation on {args.eval_examples} XNLI en dev examples: dynamic padding + length sorting "
-              f"{dyn['examples_per_s']:.1f} ex/s vs fixed 128-token padding {fix['examples_per_s']:.1f} ex/s "
-              f"({fix['seconds'] / dyn['seconds']:.2f}x faster)")
+        print(f"evaluation on {dyn['examples']} XNLI en dev examples: dynamic padding + length sorting "
+              f"{dyn['examples'] / dyn['seconds']:.1f} ex/s vs fixed 128-token padding "
+              f"{fix['examples'] / fix['seconds']:.1f} ex/s ({fix['seconds'] / dyn['seconds']:.2f}x faster)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"train_bench-{name}-{'cuda' if str(args.device).startswith('cuda') else 'cpu'}.json"
     path.write_text(json.dumps(dict(model=name, device=device, batch_size=args.batch_size, seq_len=args.seq_len,
-                                    repeats=args.repeats, torch=torch.__version__, results=rows), indent=2))
+                                    rounds=args.rounds, repeats=args.repeats, torch=torch.__version__,
+                                    load_average=os.getloadavg(), results=rows), indent=2))
     print(f"\nwrote {path}")
 
 
