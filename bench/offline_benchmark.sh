@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The real offline benchmark (issue 8): multilingual-e5-small on ../shared/data, 5 schedules x 3 seeds,
 # task adapters without language adapters (the model has no MLM head to train them with).
-# Resumable: run it again (any session) and finished runs are skipped, interrupted ones resumed.
+# Resumable: run it again (any session) and finished runs are skipped, interrupted ones resumed. A finished
+# run keeps its config/log/schedule/summary/results JSON under bench/results/offline (committed), so a later
+# session, even on a fresh clone, skips it.
 #   bash bench/offline_benchmark.sh            # everything (about 4 CPU-hours on 2 cores)
 #   bash bench/offline_benchmark.sh xcopa      # one task
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-ROOT=${ROOT:-runs/offline}
+ROOT=${ROOT:-bench/results/offline}  # each run's JSON is committed there; weights are git-ignored
 MODEL=../shared/models/multilingual-e5-small
 DATA=../shared/data
 SCHEDULES=standard,lpft,gu,rand,fun
