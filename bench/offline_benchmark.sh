@@ -4,7 +4,7 @@
 # Resumable: run it again (any session) and finished runs are skipped, interrupted ones resumed. A finished
 # run keeps its config/log/schedule/summary/results JSON under bench/results/offline (committed), so a later
 # session, even on a fresh clone, skips it.
-#   bash bench/offline_benchmark.sh            # everything (about 4 CPU-hours on 2 cores)
+#   bash bench/offline_benchmark.sh            # everything: 3 h 7 min wall on a 2-core CPU (measured; 125 min of it training)
 #   bash bench/offline_benchmark.sh xcopa      # one task
 set -euo pipefail
 cd "$(dirname "$0")/.."
