@@ -10,7 +10,9 @@ Measures, in one process per configuration (so peak memory is that configuration
     paper), and GU top 1 / standard with the encoder in eval mode (train.py --no-dropout);
   * the forward pass alone in train mode: the floor of every training step of a frozen encoder;
   * forward-only hook overhead: adapters attached but all frozen vs no adapters (eval, inference mode);
-  * evaluation throughput on real XNLI dev text: length-sorted batches with dynamic padding vs fixed padding.
+  * evaluation throughput on real XNLI dev text: length-sorted batches with dynamic padding vs fixed padding;
+  * SDPA attention (what training and evaluation use) against eager attention (what tr(F) needs for `vmap`):
+    the cases with `@eager` run the same step with the encoder switched to eager attention.
 Every case runs --rounds times in rotation; its time is its fastest call (the least disturbed by other load on a
 shared machine), ratios are taken within one run against the all-trainable step of the same mode.
 """
@@ -117,9 +119,12 @@ def run_one(args, case: str) -> dict:
         return dict(case=case, times=timed(go, 1, 0, args.device), examples=len(split.features),
                     peak_mb=peak_memory_mb(args.device))
 
+    case, _, attention = case.partition("@")  # "@eager": eager attention instead of SDPA (what tr(F) uses)
     name, _, mode = case.partition("/")  # "/eval": frozen encoder in eval mode (train.py --no-dropout)
     adapters = name not in ("no-adapters", "forward-no-adapters")
     model, tokenizer = build(args, adapters)
+    if attention:
+        model.encoder.set_attn_implementation(attention)
     batch = {k: v.to(args.device) for k, v in synthetic_batch(args, model.encoder.config.vocab_size).items()}
     n = model.encoder.config.num_hidden_layers
     if name.startswith("forward"):  # forward only, nothing trainable: the floor of any training step
@@ -147,11 +152,13 @@ def run_one(args, case: str) -> dict:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return dict(case=case, times=timed(go, args.repeats, args.warmup, args.device), peak_mb=peak_memory_mb(args.device))
+    return dict(case=case, times=timed(go, args.repeats, args.warmup, args.device), peak_mb=peak_memory_mb(args.device),
+                attention=model.encoder.config._attn_implementation)
 
 
 CASES = ["no-adapters", "gu-1", "gu-4", "gu-8", "standard", "gu-1/eval", "standard/eval",
-         "forward-train", "forward-no-adapters", "forward-frozen-adapters", "eval-dynamic", "eval-fixed"]
+         "forward-train", "forward-no-adapters", "forward-frozen-adapters", "eval-dynamic", "eval-fixed",
+         "standard@eager", "standard/eval@eager", "forward-train@eager"]
 
 
 def main() -> None:
@@ -191,7 +198,7 @@ def main() -> None:
             if case in rows:
                 row["times"] = rows[case]["times"] + row["times"]
                 row["peak_mb"] = max(rows[case]["peak_mb"], row["peak_mb"])
-            rows[case] = dict(row, seconds=min(row["times"]), median=statistics.median(row["times"]))
+            rows[case] = dict(row, case=case, seconds=min(row["times"]), median=statistics.median(row["times"]))
             print(f"  round {r + 1}/{args.rounds} {case}: {rows[case]['seconds']:.3f}s", file=sys.stderr)
 
     name = "tiny" if args.tiny else Path(args.model).name
@@ -217,6 +224,11 @@ def main() -> None:
     if "forward-no-adapters" in rows and "forward-frozen-adapters" in rows:
         a, b = rows["forward-no-adapters"]["seconds"], rows["forward-frozen-adapters"]["seconds"]
         print(f"\nhook overhead (frozen adapters attached vs none, forward): {100 * (b / a - 1):+.1f}%")
+    for case in (c for c in rows if c.endswith("@eager")):
+        sdpa = case.partition("@")[0]
+        if sdpa in rows:
+            print(f"{sdpa}: SDPA attention {rows[sdpa]['seconds']:.3f}s vs eager {rows[case]['seconds']:.3f}s "
+                  f"per call ({rows[sdpa]['seconds'] / rows[case]['seconds']:.2f}x)")
     if "eval-dynamic" in rows and "eval-fixed" in rows:
         dyn, fix = rows["eval-dynamic"], rows["eval-fixed"]
         print(f"evaluation on {dyn['examples']} XNLI en dev examples: dynamic padding + length sorting "

@@ -20,7 +20,8 @@ true (gold labels: the "empirical Fisher", Kunstner et al. 2019 — for comparis
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -65,6 +66,23 @@ def choose_labels(logp: torch.Tensor, mode: str, uniform: torch.Tensor, gold: to
     cdf = logp.exp().cumsum(-1)  # (..., H, K), fp32
     # clamp: cdf[-1] may round to just below 1 and a u above it must still pick the last outcome
     return (cdf < uniform[..., None]).sum(-1).clamp(max=logp.shape[-1] - 1)
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run the encoder with eager attention inside the block, then restore its implementation (SDPA for training).
+
+    `vmap` has no batching rule for SDPA's fused backward (it falls back to a slow per-example loop), and eager
+    attention keeps tr(F) identical to the plain autograd loop it is tested against."""
+    config = model.encoder.config
+    before = config._attn_implementation
+    if before != "eager":
+        model.encoder.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if before != "eager":
+            model.encoder.set_attn_implementation(before)
 
 
 def _layer_sq_norms(grads: dict[str, torch.Tensor], groups: list[list[str]]) -> torch.Tensor:
@@ -140,7 +158,7 @@ def fisher_trace(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], *
     try:
         # no_grad: the forward must not record an autograd graph for anything outside `params` (e.g. the
         # trainable head). torch.func.grad/jacrev ignore an *outer* no_grad, so the gradients are unaffected.
-        with torch.no_grad():
+        with torch.no_grad(), eager_attention(model):
             for batch in batches:
                 batch = to_device(batch, device)
                 gold = batch.pop("labels", None)

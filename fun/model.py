@@ -1,7 +1,9 @@
 """The model of the MAD-X pipeline (SPEC §1): frozen encoder + Stack(language, task) adapters + task head.
 
-`load_encoder` loads any supported Hugging Face encoder by Hub id or local directory (float32, eager
-attention — SPEC §4: SDPA's mask code breaks `vmap`, fp16 checkpoints are slow on CPU). `AdapterModel`
+`load_encoder` loads any supported Hugging Face encoder by Hub id or local directory, in float32 (an fp16
+checkpoint would otherwise compute in fp16, slowly on CPU) and with PyTorch's fused scaled-dot-product attention
+(SDPA) where the architecture has it; tr(F) switches to eager attention while it runs, since `vmap` needs it
+(fun/fisher.py). `AdapterModel`
 owns the encoder, the adapter stack and the head as submodules, so `torch.func.functional_call` on it can
 swap task-adapter parameters (fun/fisher.py). Task adapters + head save to safetensors with a JSON config.
 """
@@ -19,6 +21,8 @@ from torch import nn
 from fun.adapters import AdapterSet, AdapterStack, add_adapters
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "deberta-v2", "roberta")
+# Training and evaluation use SDPA where Hugging Face implements it (DeBERTa-v2's disentangled attention has none).
+SDPA_ATTENTION = {"bert": "sdpa", "xlm-roberta": "sdpa", "roberta": "sdpa"}
 
 
 class UsageError(Exception):
@@ -26,7 +30,7 @@ class UsageError(Exception):
 
 
 def load_encoder(name_or_path: str) -> tuple[nn.Module, object]:
-    """(encoder, fast tokenizer) from a Hub id or a local directory, in float32 with eager attention."""
+    """(encoder, fast tokenizer) from a Hub id or a local directory, in float32 with SDPA attention where available."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     local = Path(name_or_path)
@@ -48,7 +52,7 @@ def load_encoder(name_or_path: str) -> tuple[nn.Module, object]:
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise UsageError(f"--model {name_or_path}: model type '{config.model_type}' is not supported "
                          f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    kwargs = dict(dtype=torch.float32, attn_implementation="eager")
+    kwargs = dict(dtype=torch.float32, attn_implementation=SDPA_ATTENTION.get(config.model_type, "eager"))
     if config.model_type != "deberta-v2":
         kwargs["add_pooling_layer"] = False
     encoder = AutoModel.from_pretrained(name_or_path, **kwargs)

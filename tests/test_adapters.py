@@ -172,3 +172,28 @@ def test_backward_stops_at_the_lowest_trainable_adapter(trainable):
     assert needs_grad == [i >= lowest for i in range(n)]
     for i, layer in enumerate(task.layers):  # frozen adapters get no .grad at all
         assert all((p.grad is not None) == (i in trainable) for p in layer.parameters())
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr"])
+def test_sdpa_and_eager_attention_agree_with_padding(kind):
+    """Training and evaluation run SDPA attention, tr(F) eager: with adapters and padding they agree to 1e-5."""
+    encoder = tiny_encoder(kind)
+    torch.manual_seed(0)
+    lang, task = AdapterSet(32, 4, 2, invertible=True), AdapterSet(32, 4, 4)
+    model = AdapterModel(encoder, ClassificationHead(32, 3), task, lang).eval()
+    ids, mask = inputs()
+    batch = dict(input_ids=ids, attention_mask=mask)
+    with torch.no_grad():
+        eager = model(batch)
+        encoder.set_attn_implementation("sdpa")
+        sdpa = model(batch)
+    assert encoder.config._attn_implementation == "sdpa"
+    assert torch.allclose(eager, sdpa, atol=1e-5, rtol=0)
+
+
+def test_load_encoder_uses_sdpa_where_hugging_face_has_it(tmp_path):
+    from fun.model import load_encoder
+    from tiny import save_tiny_model
+    for kind, expected in (("bert", "sdpa"), ("xlmr", "sdpa"), ("deberta", "eager")):
+        encoder, _ = load_encoder(str(save_tiny_model(tmp_path / kind, kind)))
+        assert encoder.config._attn_implementation == expected

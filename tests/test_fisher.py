@@ -319,3 +319,14 @@ def test_cli_usage_errors(tmp_path, capsys):
     assert fisher.main(["compute", "--adapter", str(tmp_path), "--data", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_sdpa_model_gives_the_eager_fisher_and_keeps_sdpa():
+    """tr(F) switches an SDPA encoder to eager attention while it runs (vmap), with the same numbers, and back."""
+    batches = [make_batch("bert", "cls", 4, seed=s) for s in (1, 2)]
+    eager = fisher_trace(make_model("bert", "cls"), batches, generator=torch.Generator().manual_seed(3))
+    model = make_model("bert", "cls")
+    model.encoder.set_attn_implementation("sdpa")
+    sdpa = fisher_trace(model, batches, generator=torch.Generator().manual_seed(3))
+    assert sdpa == eager
+    assert model.encoder.config._attn_implementation == "sdpa"
