@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fun.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from fun.data import collate, to_device, training_batches
+from fun.data import collate, feature_length, to_device, training_batches
 from fun.model import (AdapterModel, UsageError, count_parameters, freeze, load_encoder, save_task_adapter)
 from fun.schedules import SCHEDULES, Selection, is_unfreeze_step, last_unfreeze_step, validate_order
 from fun.tasks import TASKS, task_loss
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-dev-samples", type=int, help="seeded random subsample of the dev set")
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--no-dropout", action="store_true", help="run encoder and head in eval mode (paper: dropout on)")
+    g.add_argument("--group-by-length", action="store_true",
+                   help="batch examples of similar length (less padding, faster; as HF Trainer's group_by_length)")
     g = p.add_argument_group("evaluation, logging, checkpoints")
     g.add_argument("--eval-every", type=int, help="evaluate on the English dev set every N steps (default: each epoch)")
     g.add_argument("--eval-batch-size", type=int, default=64)
@@ -333,7 +335,9 @@ def train(cfg: dict) -> int:
                 lang_adapter=cfg["lang_adapter"], lang=cfg["lang"])
     log = open(out / "log.jsonl", "a")
     model.train(not cfg["no_dropout"])
-    batches = training_batches(len(train_split.features), cfg["batch_size"], cfg["seed"], state["epoch"], state["batch"])
+    lengths = [feature_length(f) for f in train_split.features]
+    batches = training_batches(lengths, cfg["batch_size"], cfg["seed"], state["epoch"], state["batch"],
+                               cfg["group_by_length"])
     bar = tqdm(total=total, initial=state["step"], desc=f"{cfg['task']} {cfg['schedule']}",
                disable=cfg["no_progress"], dynamic_ncols=True)
     started = time.time() - state["elapsed"]

@@ -25,11 +25,7 @@ def _pad(rows: list, value: int, length: int) -> list:
 
 def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Pad `features` to the longest row of the batch → tensors (B, T) or (B, C, T); labels (B,) or (B, H)."""
-    def lengths(f):
-        ids = f["input_ids"]
-        return [len(r) for r in ids] if ids and isinstance(ids[0], list) else [len(ids)]
-
-    length = max(n for f in features for n in lengths(f))
+    length = max(feature_length(f) for f in features)
     batch = {}
     for key, value in (("input_ids", pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
         if key in features[0]:
@@ -57,26 +53,46 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_examples, generator=g).tolist()
 
 
-def training_batches(num_examples: int, batch_size: int, seed: int, epoch: int = 0,
-                     start: int = 0) -> Iterator[tuple[int, int, list[int]]]:
-    """Endless (epoch, index-in-epoch, example indices) batches; drops each epoch's last partial batch."""
-    per_epoch = num_examples // batch_size
-    if per_epoch == 0:
-        raise UsageError(f"only {num_examples} training examples for --batch-size {batch_size}; lower --batch-size")
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = False) -> list[list[int]]:
+    """The batches of one epoch (example indices), a pure function of (seed, epoch); the last partial batch is dropped.
+
+    `group_by_length` (Hugging Face Trainer's `group_by_length`): the shuffled order is cut into mega-batches of 50
+    batches, each sorted by length before it is split into batches, and the batches are then shuffled. Batches hold
+    examples of similar length, so dynamic padding wastes little compute; which examples meet in a batch changes.
+    """
+    order = epoch_order(len(lengths), seed, epoch)
+    if group_by_length:
+        mega = 50 * batch_size
+        order = [i for m in range(0, len(order), mega) for i in sorted(order[m:m + mega], key=lambda i: -lengths[i])]
+    batches = [order[b * batch_size:(b + 1) * batch_size] for b in range(len(order) // batch_size)]
+    if group_by_length:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch + 1)
+        batches = [batches[b] for b in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+def training_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int = 0, start: int = 0,
+                     group_by_length: bool = False) -> Iterator[tuple[int, int, list[int]]]:
+    """Endless (epoch, index-in-epoch, example indices) batches, from batch `start` of `epoch` on (resume)."""
+    if len(lengths) // batch_size == 0:
+        raise UsageError(f"only {len(lengths)} training examples for --batch-size {batch_size}; lower --batch-size")
     while True:
-        order = epoch_order(num_examples, seed, epoch)
-        for b in range(start, per_epoch):
-            yield epoch, b, order[b * batch_size:(b + 1) * batch_size]
+        batches = epoch_batches(lengths, batch_size, seed, epoch, group_by_length)
+        for b in range(start, len(batches)):
+            yield epoch, b, batches[b]
         epoch, start = epoch + 1, 0
+
+
+def feature_length(feature: dict) -> int:
+    """Tokens of a feature: its longest row (multiple choice holds one row per choice)."""
+    ids = feature["input_ids"]
+    return max(len(r) for r in ids) if ids and isinstance(ids[0], list) else len(ids)
 
 
 def length_sorted_batches(features: Sequence[dict], batch_size: int) -> list[list[int]]:
     """Evaluation batches of similar length (less padding); the caller restores the original order."""
-    def size(f):
-        ids = f["input_ids"]
-        return max(len(r) for r in ids) if ids and isinstance(ids[0], list) else len(ids)
-
-    order = sorted(range(len(features)), key=lambda i: size(features[i]), reverse=True)
+    order = sorted(range(len(features)), key=lambda i: feature_length(features[i]), reverse=True)
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
