@@ -1,4 +1,4 @@
-"""Zero-shot cross-lingual evaluation of a trained task adapter + head (SPEC §1.4 and §5, paper Table 2).
+"""Zero-shot cross-lingual evaluation of a trained task adapter + head (paper §3.1 and §4, Table 2).
 
     python evaluate.py runs/xcopa-gu-s1 --test-dir ../shared/data/xcopa --source-file ../shared/data/copa/test.jsonl
 
@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
+import cli
+from cli import UsageError, blame, positive_int
 from fun.adapters import AdapterSet
 from fun.evaluation import evaluate
-from fun.model import (AdapterModel, UsageError, freeze, load_encoder, load_task_adapter_weights,
-                       read_adapter_config)
+from fun.model import AdapterModel, freeze, load_adapter_weights, load_encoder, read_adapter_config
+from fun.run import SPLIT_NAMES, results_path
 from fun.tasks import TASKS, Task
-
-SPLITS = {"test": "test", "dev": "dev", "val": "dev"}  # --test-split → the task's split name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a train.py run directory (config.json, best/, final/)")
     p.add_argument("--task", help="default: the run's task; a SQuAD run evaluates on xquad and mlqa alike")
     p.add_argument("--model", help="encoder (Hub id or local directory); default: the one the run trained with")
@@ -37,18 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-dir", help="local directory of per-language files in the official layout; "
                                       "default: the Hub dataset. Languages without a file are skipped and listed")
     p.add_argument("--source-file", help="English (source) file, when --test-dir has none (XCOPA: copa/test.jsonl)")
-    p.add_argument("--test-split", default="test", choices=tuple(SPLITS), help="per-language test or dev/val sets")
+    p.add_argument("--test-split", default="test", choices=tuple(SPLIT_NAMES), help="per-language test or dev/val sets")
     p.add_argument("--languages", help="comma-separated target languages (default: all of the task's); English "
                                        "is always evaluated as the source")
     p.add_argument("--lang-adapters", help="target language adapters, de=PATH,es=PATH (en=PATH overrides the run's)")
     p.add_argument("--no-lang-adapter-ok", action="store_true",
                    help="a target without a language adapter runs with none instead of being an error")
-    p.add_argument("--max-samples", type=int, help="seeded random subsample of each language (quick checks)")
-    p.add_argument("--max-length", type=int, help="max tokens per input (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-samples", type=positive_int, help="seeded random subsample of each language (quick checks)")
+    p.add_argument("--max-length", type=positive_int, help="max tokens per input (default: the run's)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="CUDA autocast to bfloat16")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--output", help="results file (default: RUN_DIR/results-<split>.json)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -101,7 +101,8 @@ def locate_data(task: Task, split: str, lang: str, args) -> tuple[str | None, st
         return args.source_file, None
     if not args.test_dir:
         return None, None
-    file = task.local_file(split, args.test_dir, lang)
+    with blame("--test-split"):
+        file = task.local_file(split, args.test_dir, lang)
     if file is not None and not file.exists():
         hint = "; pass --source-file" if lang == task.source_lang else ""
         return None, f"no file {file}{hint}"
@@ -110,7 +111,8 @@ def locate_data(task: Task, split: str, lang: str, args) -> tuple[str | None, st
 
 def build_model(task: Task, checkpoint: Path, meta: dict, model_name: str) -> tuple[AdapterModel, object]:
     """Encoder + the saved task adapter and head, as train.py built them."""
-    encoder, tokenizer = load_encoder(model_name)
+    with blame("--model"):
+        encoder, tokenizer = load_encoder(model_name)
     if (encoder.config.hidden_size, encoder.config.num_hidden_layers) != (meta["hidden_size"], meta["num_layers"]):
         raise UsageError(f"--model {model_name}: hidden size {encoder.config.hidden_size} × {encoder.config.num_hidden_layers} "
                          f"layers, but the run trained on {meta['hidden_size']} × {meta['num_layers']} ({meta['model']})")
@@ -119,7 +121,7 @@ def build_model(task: Task, checkpoint: Path, meta: dict, model_name: str) -> tu
     freeze(encoder)
     model = AdapterModel(encoder, head, task_adapter)
     try:
-        load_task_adapter_weights(model, checkpoint)
+        load_adapter_weights(model, checkpoint)
     except RuntimeError as err:
         raise UsageError(f"{checkpoint}: the saved head does not fit task {task.name} (trained on {meta['task']}): "
                          f"{str(err).splitlines()[0]}") from None
@@ -154,12 +156,7 @@ def markdown_row(results: dict, languages: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.main(lambda: run(build_parser().parse_args(argv)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,11 +169,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--task {task_name}: unknown task; choose one of {', '.join(TASKS)}")
     task = TASKS[task_name]
     checkpoint = run_dir / args.checkpoint
-    meta = read_adapter_config(checkpoint)
-    split = SPLITS[args.test_split]
-    for name in ("max_samples", "max_length", "batch_size", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a positive integer")
+    with blame("--checkpoint"):
+        meta = read_adapter_config(checkpoint)
+    split = SPLIT_NAMES[args.test_split]
     if args.test_dir and not Path(args.test_dir).is_dir():
         raise UsageError(f"--test-dir {args.test_dir}: not a directory")
     if args.bf16 and not str(args.device).startswith("cuda"):
@@ -215,11 +210,15 @@ def run(args: argparse.Namespace) -> int:
     for lang, path in data.items():
         if adapters.get(lang) is not None:
             from fun.adapterhub import load_lang_adapter  # lazily: only runs with language adapters need it
-            model.set_lang_adapter(load_lang_adapter(adapters[lang], model.encoder))
+            with blame("--lang-adapters"):
+                model.set_lang_adapter(load_lang_adapter(adapters[lang], model.encoder))
         else:
             model.set_lang_adapter(None)
         try:
-            lang_split = task.split(split, tokenizer, max_length, path, lang, max_examples=args.max_samples, seed=0)
+            source = lang == task.source_lang and (args.source_file or not args.test_dir)
+            with blame("--source-file" if source else "--test-dir"):
+                lang_split = task.split(split, tokenizer, max_length, path, lang, max_examples=args.max_samples,
+                                        seed=0)
         except UsageError as err:  # e.g. XCOPA's English test is not on the Hub: report the targets anyway
             if lang != task.source_lang or path is not None:
                 raise
@@ -238,8 +237,7 @@ def run(args: argparse.Namespace) -> int:
                    source=source, per_language=per_language, average=average, lowest=lowest, examples=examples,
                    skipped=skipped, lang_adapters={lang: adapters.get(lang) for lang in data},
                    max_samples=args.max_samples)
-    suffix = (f"-{task.name}" if task.name != cfg["task"] else "") + f"-{split}" + ("-final" if args.checkpoint == "final" else "")
-    output = Path(args.output) if args.output else run_dir / f"results{suffix}.json"
+    output = Path(args.output) if args.output else results_path(run_dir, task.name, cfg["task"], split, args.checkpoint)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
 

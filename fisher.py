@@ -23,42 +23,41 @@ from pathlib import Path
 
 import numpy as np
 
-from fun.model import UsageError
+import cli
+from cli import UsageError, blame, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("plot", help="tr(F) curves and realised schedules of run directories → PNG")
     g.add_argument("runs", nargs="+", help="run directories of train.py (config.json, log.jsonl, schedule.json)")
     g.add_argument("--out", required=True, help="directory for the PNG files")
-    g.add_argument("--window", type=int, default=5, help="moving-average window over logged tr(F) points (1: none)")
+    g.add_argument("--window", type=positive_int, default=5, help="moving-average window over logged tr(F) points (1: none)")
     g = sub.add_parser("compute", help="tr(F) per layer of a saved task adapter on given data")
     g.add_argument("--adapter", required=True, help="saved task adapter: a run's best/ or final/ directory")
     g.add_argument("--model", help="encoder (Hub id or local dir); default: the one the adapter was trained on")
     g.add_argument("--task", help="task name; default: the adapter's")
     g.add_argument("--data", required=True, help="data file in the task's local format (train split layout)")
     g.add_argument("--lang-adapter", help="source-language adapter stacked under the task adapter, as in train.py")
-    g.add_argument("--batches", type=int, default=40, help="number of batches (paper's FUN: 40)")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--max-length", type=int, help="default: the adapter's training max length")
+    g.add_argument("--batches", type=positive_int, default=40, help="number of batches (paper's FUN: 40)")
+    g.add_argument("--batch-size", type=positive_int, default=32)
+    g.add_argument("--max-length", type=positive_int, help="default: the adapter's training max length")
     g.add_argument("--labels", default="sample", choices=("sample", "exact", "argmax", "true"))
     g.add_argument("--estimator", default="per-sample", choices=("per-sample", "batch"))
-    g.add_argument("--chunk-size", type=int, help="vmap chunk size (bounds memory)")
+    g.add_argument("--chunk-size", type=positive_int, help="vmap chunk size (bounds memory)")
     g.add_argument("--seed", type=int, default=0, help="draws the batches and the sampled labels")
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--threads", type=positive_int, help="torch CPU threads")
     g.add_argument("--out", help="JSON output file")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    def run() -> int:
+        args = build_parser().parse_args(argv)
         return plot(args) if args.command == "plot" else compute(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.main(run)
 
 
 # --- plot --------------------------------------------------------------------------------------------------
@@ -119,10 +118,8 @@ def dev_metric(run: dict) -> str | None:
 
 
 def plot(args: argparse.Namespace) -> int:
-    if args.window < 1:
-        raise UsageError(f"--window {args.window}: must be a positive integer")
     runs = [read_run(d) for d in args.runs]
-    import matplotlib  # lazily: only plotting needs it (STYLE 10)
+    import matplotlib  # lazily: only plotting needs it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -230,21 +227,18 @@ def layout(runs: list[dict]) -> tuple[int, int]:
 # --- compute -----------------------------------------------------------------------------------------------
 
 def compute(args: argparse.Namespace) -> int:
-    for name in ("batches", "batch_size", "max_length", "chunk_size", "threads"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
     import torch
 
     from fun.adapters import AdapterSet
     from fun.data import check_file, collate
     from fun.fisher import fisher_trace
-    from fun.model import AdapterModel, load_encoder, load_task_adapter_weights, read_adapter_config
+    from fun.model import AdapterModel, load_adapter_weights, load_encoder, read_adapter_config
     from fun.tasks import TASKS
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    saved = read_adapter_config(args.adapter)
+    with blame("--adapter"):
+        saved = read_adapter_config(args.adapter)
     if not saved.get("task_adapter"):
         raise UsageError(f"--adapter {args.adapter}: holds a fully fine-tuned encoder, no task adapter to measure")
     model_name, task_name = args.model or saved.get("model"), args.task or saved.get("task")
@@ -252,11 +246,13 @@ def compute(args: argparse.Namespace) -> int:
         raise UsageError(f"--task {task_name}: unknown task; choose one of {', '.join(TASKS)}")
     if not model_name:
         raise UsageError("--model: the adapter config does not name its encoder; pass --model")
-    check_file(args.data, "--data")
+    with blame("--data"):
+        check_file(args.data, "data file")
     task = TASKS[task_name]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    encoder, tokenizer = load_encoder(model_name)
+    with blame("--model"):
+        encoder, tokenizer = load_encoder(model_name)
     config = saved["task_adapter"]
     if (config["hidden_size"], config["num_layers"]) != (encoder.config.hidden_size, encoder.config.num_hidden_layers):
         raise UsageError(f"--adapter {args.adapter}: built for hidden size {config['hidden_size']} with "
@@ -265,20 +261,22 @@ def compute(args: argparse.Namespace) -> int:
     lang_adapter = None
     if args.lang_adapter:
         from fun.adapterhub import load_lang_adapter_arg
-        lang_adapter = load_lang_adapter_arg(args.lang_adapter, encoder)
+        with blame("--lang-adapter"):
+            lang_adapter = load_lang_adapter_arg(args.lang_adapter, encoder)
     elif saved.get("lang_adapter"):
         print(f"warning: the adapter was trained over language adapter {saved['lang_adapter']}; measuring without "
               f"one (pass --lang-adapter to stack it)", file=sys.stderr)
     model = AdapterModel(encoder, task.make_head(encoder.config.hidden_size, 0.0), AdapterSet(**config), lang_adapter)
     try:
-        load_task_adapter_weights(model, args.adapter)
+        load_adapter_weights(model, args.adapter)
     except RuntimeError as err:
         raise UsageError(f"--adapter {args.adapter}: weights do not fit task {task_name} on {model_name} "
                          f"({str(err).splitlines()[0]})") from None
     model.to(device)
 
     max_length = args.max_length or saved.get("max_length") or 128
-    split = task.split("train", tokenizer, max_length, args.data)
+    with blame("--data"):
+        split = task.split("train", tokenizer, max_length, args.data)
     needed = args.batches * args.batch_size
     g = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(split.features), generator=g).tolist()

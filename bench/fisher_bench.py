@@ -59,9 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tiny_setup(batch_size: int, seq_len: int):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny import tiny_encoder
-    encoder = tiny_encoder("bert", layers=12, hidden=128, vocab_size=200)  # the same tiny config as train_bench
+    from bench.tiny import tiny_encoder
+    encoder = tiny_encoder(vocab_size=200)  # the same tiny config as train_bench
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 200, (batch_size, seq_len), generator=g)
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.randint(3, (batch_size,), generator=g))

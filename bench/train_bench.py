@@ -1,7 +1,7 @@
 """Training-step and inference benchmarks (a script, not a test). Prints tables, writes bench/results/*.json.
 
     python bench/train_bench.py --threads 2        # multilingual-e5-small (../shared/models), batch 32 x 128
-    python bench/train_bench.py --tiny --threads 2 # a 12-layer hidden-128 BERT built from a config
+    python bench/train_bench.py --tiny --threads 2 # a 12-layer hidden-128 BERT built from a config (e5's vocabulary)
     python bench/train_bench.py --model bert-base-multilingual-cased --device cuda
 
 Measures, in one process per configuration (so peak memory is that configuration's own):
@@ -44,10 +44,12 @@ SHARED = ROOT.parent / "shared"
 
 
 def build(args, adapters: bool):
-    if args.tiny:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from tiny import make_tokenizer, tiny_encoder
-        encoder, tokenizer = tiny_encoder("bert", layers=12, hidden=128, vocab_size=200), make_tokenizer()
+    if args.tiny:  # a 12-layer hidden-128 BERT from a config; e5's tokenizer reads the real text of the eval cases
+        from transformers import AutoTokenizer
+
+        from bench.tiny import tiny_encoder
+        tokenizer = AutoTokenizer.from_pretrained(str(SHARED / "models/multilingual-e5-small"))
+        encoder = tiny_encoder(vocab_size=len(tokenizer))
     else:
         encoder, tokenizer = load_encoder(args.model)
     d, n = encoder.config.hidden_size, encoder.config.num_hidden_layers

@@ -1,6 +1,7 @@
 """MAD-X language adapters in AdapterHub's file layout, read and written without the `adapters` library.
 
-SPEC §1.2 (language adapters) and §2 (adapter math, AdapterHub key names, the invertible adapter).
+MAD-X (Pfeiffer et al. 2020) language adapters as the paper uses them (§3.1, App. B); the weights' key names and the
+invertible adapter are the library's (see docs/design.md for the adapter math).
 
 An AdapterHub adapter directory holds `adapter_config.json` and `pytorch_adapter.bin` (or `adapter.safetensors`).
 Its weight keys name the library's modules, e.g. for adapter `de` saved from `BertAdapterModel`:
@@ -33,7 +34,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from fun.adapters import AdapterSet
-from fun.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, UsageError
+from fun.hub import HubError, explain
+from fun.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 CONFIG_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_NAME = "adapter_config.json", "pytorch_adapter.bin", "adapter.safetensors"
 MODEL_PREFIX = {"bert": "bert", "xlm-roberta": "roberta", "roberta": "roberta", "deberta-v2": "deberta"}
@@ -48,7 +50,7 @@ LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.output\.adapters\.([^.]+)\.(adap
 INVERTIBLE_KEY = re.compile(r"invertible_adapters\.([^.]+)\.([FG]\.[02])\.(weight|bias)")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
-# The Pfeiffer / MAD-X adapter (SPEC §2): `out = LN(h + f(LN(h + x)) + x)`. These are the `adapters` BnConfig
+# The Pfeiffer / MAD-X adapter: `out = LN(h + f(LN(h + x)) + x)`. These are the `adapters` BnConfig
 # fields that define it; any other value is a different architecture that our hooks do not compute.
 PFEIFFER = dict(mh_adapter=False, output_adapter=True, original_ln_before=True, original_ln_after=True,
                 residual_before_ln=True, adapter_residual_before_ln=False, ln_before=False, ln_after=False,
@@ -76,10 +78,10 @@ def _factor(value, name: str, where: str) -> int:
     if isinstance(value, dict):
         values = set(value.values())
         if len(values) != 1:
-            raise UsageError(f"{where}: per-layer {name} {value} is not supported (one bottleneck size for all layers)")
+            raise ValueError(f"{where}: per-layer {name} {value} is not supported (one bottleneck size for all layers)")
         value = values.pop()
     if not isinstance(value, (int, float)) or value <= 0 or float(value) != int(value):
-        raise UsageError(f"{where}: {name} {value!r} is not supported; expected a positive whole number")
+        raise ValueError(f"{where}: {name} {value!r} is not supported; expected a positive whole number")
     return int(value)
 
 
@@ -92,26 +94,26 @@ def parse_adapterhub_config(meta: dict, where: str) -> dict:
     config = meta.get("config")
     if isinstance(config, str):
         if config not in PRESETS:
-            raise UsageError(f"{where}: adapter config '{config}' is not supported; only the MAD-X adapter is "
+            raise ValueError(f"{where}: adapter config '{config}' is not supported; only the MAD-X adapter is "
                              f"({', '.join(PRESETS)})")
         config = PRESETS[config]
     if not isinstance(config, dict):
-        raise UsageError(f"{where}: {CONFIG_NAME} has no adapter `config`; is this an AdapterHub adapter directory?")
+        raise ValueError(f"{where}: {CONFIG_NAME} has no adapter `config`; is this an AdapterHub adapter directory?")
     architecture = config.get("architecture")  # the library writes none for bottleneck adapters
     if architecture not in (None, "bottleneck"):
-        raise UsageError(f"{where}: a '{architecture}' adapter; only bottleneck adapters (seq_bn / pfeiffer) "
+        raise ValueError(f"{where}: a '{architecture}' adapter; only bottleneck adapters (seq_bn / pfeiffer) "
                          "are supported")
     missing = [k for k in ("mh_adapter", "output_adapter", "reduction_factor", "non_linearity") if k not in config]
     if missing:
-        raise UsageError(f"{where}: adapter config lacks {', '.join(missing)}; not a bottleneck adapter config")
+        raise ValueError(f"{where}: adapter config lacks {', '.join(missing)}; not a bottleneck adapter config")
     config = dict(BN_DEFAULTS, **config)
     if config["mh_adapter"]:
-        raise UsageError(f"{where}: adapters after the attention block too (mh_adapter: Houlsby / double_seq_bn) are "
+        raise ValueError(f"{where}: adapters after the attention block too (mh_adapter: Houlsby / double_seq_bn) are "
                          "not supported; only the MAD-X output adapter (seq_bn / pfeiffer) is")
     wrong = {k: config[k] for k, v in PFEIFFER.items() if k != "mh_adapter" and config[k] != v}
     if wrong:
         expected = ", ".join(f"{k}={PFEIFFER[k]}" for k in wrong)
-        raise UsageError(f"{where}: unsupported adapter config {wrong}; the MAD-X adapter (seq_bn / pfeiffer) has "
+        raise ValueError(f"{where}: unsupported adapter config {wrong}; the MAD-X adapter (seq_bn / pfeiffer) has "
                          f"{expected}")
     if config["dropout"]:
         warn(f"{where}: adapter dropout {config['dropout']} is ignored (our adapters have none; eval is unaffected)")
@@ -120,10 +122,10 @@ def parse_adapterhub_config(meta: dict, where: str) -> dict:
         activation = LEGACY_ACTIVATIONS.get(activation, activation)
     activation = ACTIVATION_ALIASES.get(activation, activation)
     if activation not in ACT2FN:
-        raise UsageError(f"{where}: non_linearity '{config['non_linearity']}' is not a transformers activation")
+        raise ValueError(f"{where}: non_linearity '{config['non_linearity']}' is not a transformers activation")
     inv = config["inv_adapter"]
     if inv not in (None, "nice"):
-        raise UsageError(f"{where}: invertible adapter '{inv}' is not supported; only 'nice' (MAD-X) is")
+        raise ValueError(f"{where}: invertible adapter '{inv}' is not supported; only 'nice' (MAD-X) is")
     return dict(reduction_factor=_factor(config["reduction_factor"], "reduction_factor", where),
                 activation=activation, invertible=inv == "nice",
                 inv_reduction_factor=_factor(config["inv_adapter_reduction_factor"] or 2,
@@ -152,10 +154,10 @@ def convert_adapterhub_weights(state: dict[str, torch.Tensor], where: str) -> tu
         else:
             unknown.append(key)
     if unknown:
-        raise UsageError(f"{where}: unexpected weights {unknown[:3]}{' …' if len(unknown) > 3 else ''}; only MAD-X "
+        raise ValueError(f"{where}: unexpected weights {unknown[:3]}{' …' if len(unknown) > 3 else ''}; only MAD-X "
                          "output adapters and the invertible adapter are supported")
     if len(names) != 1:
-        raise UsageError(f"{where}: expected the weights of one adapter, found {sorted(names) or 'none'}")
+        raise ValueError(f"{where}: expected the weights of one adapter, found {sorted(names) or 'none'}")
     return names.pop(), out
 
 
@@ -164,7 +166,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         return load_file(str(directory / SAFE_WEIGHTS_NAME))
     if (directory / WEIGHTS_NAME).exists():
         return torch.load(directory / WEIGHTS_NAME, map_location="cpu", weights_only=True)
-    raise UsageError(f"{directory}: no {WEIGHTS_NAME} or {SAFE_WEIGHTS_NAME} beside {CONFIG_NAME}")
+    raise ValueError(f"{directory}: no {WEIGHTS_NAME} or {SAFE_WEIGHTS_NAME} beside {CONFIG_NAME}")
 
 
 def check_base_model(meta: dict, encoder: nn.Module, num_layers: int, hidden: int, where: str) -> None:
@@ -172,14 +174,14 @@ def check_base_model(meta: dict, encoder: nn.Module, num_layers: int, hidden: in
     cfg = encoder.config
     trained_for = f" (trained for {meta['model_name']})" if meta.get("model_name") else ""
     if hidden != cfg.hidden_size or meta.get("hidden_size", hidden) != hidden:
-        raise UsageError(f"{where}: adapter for hidden size {meta.get('hidden_size', hidden)}{trained_for}, but the "
+        raise ValueError(f"{where}: adapter for hidden size {meta.get('hidden_size', hidden)}{trained_for}, but the "
                          f"encoder has {cfg.hidden_size}; use the adapter of this base model")
     if num_layers != cfg.num_hidden_layers:
-        raise UsageError(f"{where}: adapter for {num_layers} layers{trained_for}, but the encoder has "
+        raise ValueError(f"{where}: adapter for {num_layers} layers{trained_for}, but the encoder has "
                          f"{cfg.num_hidden_layers}; use the adapter of this base model")
     model_type = meta.get("model_type")
     if model_type and model_type != cfg.model_type:
-        raise UsageError(f"{where}: adapter for a '{model_type}' model{trained_for}, but the encoder is "
+        raise ValueError(f"{where}: adapter for a '{model_type}' model{trained_for}, but the encoder is "
                          f"'{cfg.model_type}'; use the adapter of this base model")
     name = str(meta.get("model_name") or "")
     ours = str(getattr(cfg, "_name_or_path", "") or "")
@@ -196,11 +198,11 @@ def load_adapterhub(directory: str | Path, encoder: nn.Module) -> AdapterSet:
     name, state = convert_adapterhub_weights(read_weights(directory), str(directory))
     layers = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.")})
     if layers != list(range(len(layers))) or not layers:
-        raise UsageError(f"{directory}: adapters in layers {layers}; expected one in every layer 0..L-1")
+        raise ValueError(f"{directory}: adapters in layers {layers}; expected one in every layer 0..L-1")
     down = state["layers.0.adapter_down.0.weight"]  # (bottleneck, hidden)
     check_base_model(meta, encoder, len(layers), down.shape[1], str(directory))
     if down.shape[0] != down.shape[1] // arch["reduction_factor"]:
-        raise UsageError(f"{directory}: bottleneck {down.shape[0]} does not match reduction_factor "
+        raise ValueError(f"{directory}: bottleneck {down.shape[0]} does not match reduction_factor "
                          f"{arch['reduction_factor']} for hidden size {down.shape[1]}")
     has_inv = any(k.startswith("invertible.") for k in state)
     if has_inv != arch["invertible"]:
@@ -211,7 +213,7 @@ def load_adapterhub(directory: str | Path, encoder: nn.Module) -> AdapterSet:
     try:
         adapter.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise UsageError(f"{directory}: adapter weights do not fit the config (adapter '{name}'): "
+        raise ValueError(f"{directory}: adapter weights do not fit the config (adapter '{name}'): "
                          f"{str(err).splitlines()[0]}") from None
     return adapter
 
@@ -220,7 +222,7 @@ def load_ours(directory: Path, encoder: nn.Module) -> AdapterSet:
     """A language adapter trained by `train.py --task mlm` (its run's best/ or final/: our safetensors + JSON)."""
     meta = json.loads((directory / ADAPTER_CONFIG).read_text())
     if meta.get("task") != "mlm" or not meta.get("task_adapter"):
-        raise UsageError(f"{directory}: holds a task adapter for '{meta.get('task')}', not a language adapter; "
+        raise ValueError(f"{directory}: holds a task adapter for '{meta.get('task')}', not a language adapter; "
                          "train one with `train.py --task mlm` or pass an AdapterHub adapter directory")
     config = meta["task_adapter"]
     check_base_model(dict(hidden_size=config["hidden_size"], model_name=meta.get("model")), encoder,
@@ -236,9 +238,9 @@ def resolve_directory(path_or_id: str) -> Path:
     path = Path(path_or_id)
     if path.exists():
         if not path.is_dir():
-            raise UsageError(f"{path_or_id}: is a file; pass the directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+            raise ValueError(f"{path_or_id}: is a file; pass the directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
         if not (path / CONFIG_NAME).exists():
-            raise UsageError(f"{path_or_id}: no {CONFIG_NAME}; pass an AdapterHub adapter directory or a "
+            raise ValueError(f"{path_or_id}: no {CONFIG_NAME}; pass an AdapterHub adapter directory or a "
                              "`train.py --task mlm` run's best/ directory")
         return path
     if HUB_ID.fullmatch(path_or_id) and not path_or_id.startswith((".", "/")):
@@ -247,10 +249,9 @@ def resolve_directory(path_or_id: str) -> Path:
             files = [CONFIG_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_NAME]
             return Path(snapshot_download(repo_id=path_or_id, allow_patterns=files))
         except Exception as err:  # offline, unknown id, no access: the exception type varies by huggingface_hub version
-            raise UsageError(f"{path_or_id}: not a local directory, and downloading it from the Hugging Face Hub "
-                             f"failed ({type(err).__name__}). Offline, download it elsewhere and pass the local directory "
-                             f"holding {CONFIG_NAME} and {WEIGHTS_NAME}") from None
-    raise UsageError(f"{path_or_id}: no such directory. Pass a local adapter directory "
+            raise HubError(f"{path_or_id}: not a local directory, and downloading it from the Hugging Face Hub "
+                           f"failed: {explain(err)}") from None
+    raise ValueError(f"{path_or_id}: no such directory. Pass a local adapter directory "
                      f"({CONFIG_NAME} + {WEIGHTS_NAME}), "
                      "a `train.py --task mlm` run's best/, or a Hub id such as "
                      "AdapterHub/bert-base-multilingual-cased-de-wiki_pfeiffer")
@@ -264,12 +265,12 @@ def load_lang_adapter(path_or_id: str, encoder: nn.Module) -> AdapterSet:
 
 
 def load_lang_adapter_arg(spec: str, encoder: nn.Module) -> AdapterSet:
-    """`--lang-adapter DIR` or `--lang-adapter en=DIR` (the language code names it; the weights decide)."""
+    """A language adapter given as `DIR` or `LANG=DIR` (the language code names it; the weights decide)."""
     path = spec
     if "=" in spec and not Path(spec).exists():
         lang, _, path = spec.partition("=")
         if not re.fullmatch(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]+)?", lang) or not path:
-            raise UsageError(f"--lang-adapter {spec}: expected DIR or LANG=DIR, e.g. en=/path/to/adapter")
+            raise ValueError(f"{spec}: expected DIR or LANG=DIR, e.g. en=/path/to/adapter")
     adapter = load_lang_adapter(path, encoder)
     c = adapter.config
     print(f"language adapter {spec}: reduction factor {c['reduction_factor']}, {c['activation']}, "
@@ -296,7 +297,7 @@ def save_adapterhub(adapter: AdapterSet, directory: str | Path, name: str, model
     """Write `adapter` as AdapterHub does (`model.save_adapter`): adapter_config.json + pytorch_adapter.bin, so that
     `model.load_adapter(directory)` of the `adapters` library loads it into `<Model>AdapterModel` or a bare encoder."""
     if model_type not in MODEL_PREFIX:
-        raise UsageError(f"model type '{model_type}': AdapterHub export supports {', '.join(MODEL_PREFIX)}")
+        raise ValueError(f"model type '{model_type}': AdapterHub export supports {', '.join(MODEL_PREFIX)}")
     c = adapter.config
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

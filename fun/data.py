@@ -1,4 +1,5 @@
-"""Batching shared by every task: dynamic padding, resumable training order, length-sorted evaluation.
+"""Data shared by every task: the tokenised split, dynamic padding, resumable training order, length-sorted
+evaluation, and reading local files with errors that name the file and line.
 
 Features are plain dicts of Python lists (`input_ids`, `attention_mask`, optional `token_type_ids`, optional
 `labels`); multiple-choice features hold one list per choice. Padding happens per batch, to its longest row.
@@ -7,14 +8,22 @@ Features are plain dicts of Python lists (`input_ids`, `attention_mask`, optiona
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
-from fun.model import UsageError
-
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Split:
+    """One tokenised data split: `features` feed the model (one or more per example), `examples` feed the metric."""
+    examples: list[dict]
+    features: list[dict]
+    lang: str = "en"
+    name: str = ""
 
 
 def _pad(rows: list, value: int, length: int) -> list:
@@ -76,7 +85,7 @@ def training_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: 
                      group_by_length: bool = False) -> Iterator[tuple[int, int, list[int]]]:
     """Endless (epoch, index-in-epoch, example indices) batches, from batch `start` of `epoch` on (resume)."""
     if len(lengths) // batch_size == 0:
-        raise UsageError(f"only {len(lengths)} training examples for --batch-size {batch_size}; lower --batch-size")
+        raise ValueError(f"only {len(lengths)} training features for a batch size of {batch_size}")
     while True:
         batches = epoch_batches(lengths, batch_size, seed, epoch, group_by_length)
         for b in range(start, len(batches)):
@@ -98,19 +107,20 @@ def length_sorted_batches(features: Sequence[dict], batch_size: int) -> list[lis
 
 # --- reading local files, with errors that name the file and line --------------------------------------------
 
-def check_file(path: str | Path, what: str) -> Path:
+def check_file(path: str | Path, what: str = "file") -> Path:
+    """`path` if it is a non-empty file; else FileNotFoundError / ValueError naming it."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"{what} {path}: no such file")
+        raise FileNotFoundError(f"{what} {path}: no such file")
     if path.is_dir():
-        raise UsageError(f"{what} {path}: is a directory, expected a file")
+        raise ValueError(f"{what} {path}: is a directory, expected a file")
     if path.stat().st_size == 0:
-        raise UsageError(f"{what} {path}: the file is empty")
+        raise ValueError(f"{what} {path}: the file is empty")
     return path
 
 
 def read_jsonl(path: str | Path, what: str = "data file") -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; malformed JSON → UsageError naming file:line."""
+    """(line number, object) for each non-blank line; malformed JSON → ValueError naming file:line."""
     path = check_file(path, what)
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -119,9 +129,9 @@ def read_jsonl(path: str | Path, what: str = "data file") -> Iterator[tuple[int,
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{n}: malformed JSON ({err.msg}); expected one JSON object per line") from None
+                raise ValueError(f"{path}:{n}: malformed JSON ({err.msg}); expected one JSON object per line") from None
             if not isinstance(obj, dict):
-                raise UsageError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
             yield n, obj
 
 

@@ -1,4 +1,4 @@
-"""Batched inference and scoring of one split (zero-shot evaluation, SPEC §1.4 and §5).
+"""Batched inference and scoring of one split (zero-shot evaluation, paper §3.1 and §4).
 
 Fast path: `torch.inference_mode`, length-sorted batches with dynamic padding, non-blocking transfers;
 logits come back per feature in the original order (trimmed to the feature's own length for span QA).
@@ -6,15 +6,11 @@ logits come back per feature in the original order (trimmed to the feature's own
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from tqdm.auto import tqdm
 
-from fun.data import collate, length_sorted_batches, to_device
-
-if TYPE_CHECKING:  # fun.tasks.base calls evaluate() for its default Task.evaluate
-    from fun.tasks.base import Split, Task
+from fun.data import Split, collate, length_sorted_batches, to_device
+from fun.tasks.base import Task
 
 
 @torch.inference_mode()

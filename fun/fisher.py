@@ -2,20 +2,19 @@
 
     tr(F)_i = E_{x ~ data} E_{y ~ p_w(y|x)} ||∇_{w_i} log p_w(y|x)||²        (Eq. 1, w_i = task adapter of layer i)
 
-computed functionally on a dict of detached task-adapter tensors (`torch.func.functional_call` +
-`vmap(grad(...))`), so frozen adapters are measured like trainable ones and nothing the training loop owns
-moves: no `requires_grad` flip, no `.grad`, no optimizer, no model copy, no global RNG draw (STYLE 5).
+`fisher_trace` computes it the way the torch.func per-sample-gradients tutorial computes per-example gradients:
+`grad` of one example's log-likelihood, `vmap` over the batch, with the task-adapter tensors passed in as a dict
+to `functional_call`. So frozen adapters are measured like trainable ones and nothing the training loop owns
+moves: no `requires_grad` flip, no `.grad`, no optimizer, no model copy, no global RNG draw.
 
 Logits have one shape for every task, (B, H, K): H independent categorical heads over K outcomes (fun/heads.py),
 so log p(y|x) = Σ_h log_softmax(logits)[h, y_h] covers classification (H=1), multiple choice (H=1, y = the
 choice) and span QA (H=2: start + end, each sampled independently).
 
-Estimators (SPEC §4):
-  per-sample  exactly Eq. 1: per-example gradients, squared, averaged over all examples.
-  batch       Algorithm 2 as released: ||∇_{w_i} mean-batch NLL||² / |b|, averaged over batches. Its label
-              expectation is tr(F)/|b|² (cross-example terms vanish), so it is a different, smaller quantity.
-Label modes: sample (Eq. 1), exact (the expectation over y in closed form), argmax (the released code),
-true (gold labels: the "empirical Fisher", Kunstner et al. 2019 — for comparison only).
+Label modes (which y): sample (Eq. 1: y ~ p_w(y|x)), exact (the expectation over y in closed form,
+`exact_fisher_trace`), argmax (the released code), true (gold labels: the "empirical Fisher", Kunstner et al.
+2019 — for comparison only). Estimators: per-sample (Eq. 1) and batch (`batch_fisher_trace`, Algorithm 2 as
+released: ||∇_{w_i} mean-batch NLL||² / |b|, whose label expectation is tr(F)/|b|² — a different, smaller quantity).
 """
 
 from __future__ import annotations
@@ -31,6 +30,109 @@ from fun.data import to_device
 
 LABEL_MODES = ("sample", "exact", "argmax", "true")
 ESTIMATORS = ("per-sample", "batch")
+Batch = dict[str, torch.Tensor]
+
+
+def fisher_trace(model: nn.Module, batches: Sequence[Batch], *, labels: str = "sample",
+                 estimator: str = "per-sample", generator: torch.Generator | None = None,
+                 chunk_size: int | None = None, device: torch.device | str = "cpu",
+                 autocast_dtype: torch.dtype | None = None) -> dict[int, float]:
+    """tr(F) per task-adapter layer i (the sum over the parameters of `model.task_adapter.layers[i]`), averaged over
+    every example of `batches` (collated dicts; `labels` needed for labels="true"). `generator` (CPU) drives label
+    sampling (None: a fixed seed, never the global RNG); `chunk_size` bounds vmap's memory (examples per chunk)."""
+    check_arguments(labels, estimator, batches)
+    if estimator == "batch":
+        return batch_fisher_trace(model, batches, labels, generator, chunk_size, device, autocast_dtype)
+    if labels == "exact":
+        return exact_fisher_trace(model, batches, generator, chunk_size, device, autocast_dtype)
+    params, layers = task_adapter_params(model)  # {name: tensor}, [names of layer i's parameters]
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def log_likelihood(params, example, u, gold):  # log p(y|x) for one example, y chosen by `labels`
+        logp = log_probs(model, params, unsqueeze(example), autocast_dtype)[0]  # (H, K)
+        y = choose_labels(logp, labels, u, gold)  # (H,)
+        return logp.gather(-1, y[:, None]).sum()  # Σ_h log p_h(y_h|x); gather, not indexing, under vmap
+
+    def sq_grad_norms(params, example, u, gold):  # ||∇_{w_i} log p(y|x)||² for each layer i → (L,)
+        return layer_sq_norms(grad(log_likelihood)(params, example, u, gold), layers)
+
+    per_example = vmap(sq_grad_norms, in_dims=(None, 0, 0, 0), chunk_size=chunk_size)
+    total, count = torch.zeros(len(layers), dtype=torch.float64), 0
+    with measuring(model):  # eval mode (F is the predictive distribution's), eager attention, no graph
+        for batch in batches:
+            batch, uniform, gold = prepare(model, batch, labels, generator, device)
+            total += per_example(params, batch, uniform, gold).double().sum(0).cpu()  # Σ_n over the batch
+            count += len(uniform)
+    return {i: float(v) for i, v in enumerate(total / count)}  # E_x: the mean over all examples
+
+
+def exact_fisher_trace(model: nn.Module, batches: Sequence[Batch], generator: torch.Generator | None = None,
+                       chunk_size: int | None = None, device: torch.device | str = "cpu",
+                       autocast_dtype: torch.dtype | None = None, per_batch: bool = False) -> dict[int, float]:
+    """Eq. 1 with the inner expectation over y in closed form, instead of one sampled y per example.
+
+    y = (y_1..y_H) is independent across heads given x, and E_{y_h} ∇log p_h(y_h) = ∇Σ_k p_hk = 0, so the cross
+    terms of ||Σ_h ∇log p_h(y_h)||² vanish in expectation:  E_y ||∇log p(y|x)||² = Σ_h Σ_k p_hk ||∇log p_hk||².
+    That is one gradient per (h, k): H·K backward passes per example (jacrev) — cheap for 2–3 classes or a few
+    choices, but for span QA K = T, so ~2T backward passes per example. `per_batch`: the expectation of the batch
+    estimator instead, E_y ||(1/B) Σ_n g_n||² / B = (1/B³) Σ_n E_y ||g_n||² (labels independent across examples).
+    """
+    params, layers = task_adapter_params(model)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def log_probs_and_weights(params, example):
+        logp = log_probs(model, params, unsqueeze(example), autocast_dtype)[0]  # (H, K)
+        return logp, logp.detach()  # differentiate the first, keep the second as the weights p_hk
+
+    def expected_sq_grad_norms(params, example, u, gold):  # Σ_h Σ_k p_hk ||∇_{w_i} log p_hk||² → (L,)
+        jac, logp = jacrev(log_probs_and_weights, has_aux=True)(params, example)  # jac[n]: (H, K, *shape)
+        p = logp.exp()  # (H, K)
+        return torch.stack([sum((p * jac[n].float().pow(2).flatten(2).sum(-1)).sum() for n in layer)
+                            for layer in layers])
+
+    per_example = vmap(expected_sq_grad_norms, in_dims=(None, 0, 0, 0), chunk_size=chunk_size)
+    total, count = torch.zeros(len(layers), dtype=torch.float64), 0
+    with measuring(model):
+        for batch in batches:
+            batch, uniform, gold = prepare(model, batch, "exact", generator, device)
+            size = len(uniform)
+            total += per_example(params, batch, uniform, gold).double().sum(0).cpu() / (size ** 3 if per_batch else 1)
+            count += 1 if per_batch else size
+    return {i: float(v) for i, v in enumerate(total / count)}
+
+
+def batch_fisher_trace(model: nn.Module, batches: Sequence[Batch], labels: str = "sample",
+                       generator: torch.Generator | None = None, chunk_size: int | None = None,
+                       device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> dict[int, float]:
+    """Algorithm 2 as released: ||∇_{w_i} (mean NLL of the batch)||² / |b|, averaged over batches."""
+    if labels == "exact":
+        return exact_fisher_trace(model, batches, generator, chunk_size, device, autocast_dtype, per_batch=True)
+    params, layers = task_adapter_params(model)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def batch_nll(params, batch, uniform, gold):
+        logp = log_probs(model, params, batch, autocast_dtype)  # (B, H, K)
+        y = choose_labels(logp, labels, uniform, gold)  # (B, H)
+        return -logp.gather(-1, y[..., None]).sum((-1, -2)).mean()  # NLL averaged over the batch (Alg. 2, line 9)
+
+    total, count = torch.zeros(len(layers), dtype=torch.float64), 0
+    with measuring(model):
+        for batch in batches:
+            batch, uniform, gold = prepare(model, batch, labels, generator, device)
+            total += layer_sq_norms(grad(batch_nll)(params, batch, uniform, gold), layers).double().cpu() / len(uniform)
+            count += 1
+    return {i: float(v) for i, v in enumerate(total / count)}
+
+
+# --- the pieces ------------------------------------------------------------------------------------------------------
+
+def check_arguments(labels: str, estimator: str, batches: Sequence[Batch]) -> None:
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels={labels!r}: choose one of {', '.join(LABEL_MODES)}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r}: choose one of {', '.join(ESTIMATORS)}")
+    if not batches:
+        raise ValueError("tr(F) needs at least one batch")
 
 
 def task_adapter_params(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
@@ -41,14 +143,28 @@ def task_adapter_params(model: nn.Module) -> tuple[dict[str, torch.Tensor], list
         raise ValueError("tr(F) is measured on task adapters; this model has none (full fine-tuning?)")
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     params: dict[str, torch.Tensor] = {}
-    groups: list[list[str]] = []
+    layers: list[list[str]] = []
     for layer in task.layers:
         group = []
         for p in layer.parameters():
             params[names[id(p)]] = p.detach()  # detach: grad() differentiates its own copies, never p.grad
             group.append(names[id(p)])
-        groups.append(group)
-    return params, groups
+        layers.append(group)
+    return params, layers
+
+
+def log_probs(model: nn.Module, params: dict[str, torch.Tensor], batch: Batch,
+              autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """log p_w(·|x) of the model with the task-adapter tensors `params`: (B, H, K), in fp32 even under autocast."""
+    device_type = batch["input_ids"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = functional_call(model, params, (batch,))  # (B, H, K)
+    return torch.log_softmax(logits.float(), dim=-1)  # fp32: tr(F) under bf16 stays within 1% of fp32
+
+
+def unsqueeze(example: Batch) -> Batch:
+    """Inside vmap each example is unbatched: give the model back its batch dimension of 1."""
+    return {k: v[None] for k, v in example.items()}
 
 
 def choose_labels(logp: torch.Tensor, mode: str, uniform: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
@@ -68,6 +184,40 @@ def choose_labels(logp: torch.Tensor, mode: str, uniform: torch.Tensor, gold: to
     return (cdf < uniform[..., None]).sum(-1).clamp(max=logp.shape[-1] - 1)
 
 
+def layer_sq_norms(grads: dict[str, torch.Tensor], layers: list[list[str]]) -> torch.Tensor:
+    """Σ over each layer's parameters of the squared gradient → (L,)."""
+    return torch.stack([sum(grads[n].float().pow(2).sum() for n in layer) for layer in layers])
+
+
+def prepare(model: nn.Module, batch: Batch, labels: str, generator: torch.Generator, device: torch.device | str) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """(model inputs on `device`, one U(0,1) per (example, head), gold labels (B, H) or zeros).
+    The uniforms come from `generator`, drawn on CPU so that they do not depend on the device."""
+    batch = to_device(batch, torch.device(device))
+    gold = batch.pop("labels", None)
+    size = batch["input_ids"].shape[0]
+    if labels == "true" and gold is None:
+        raise ValueError("labels='true' needs gold labels in every batch")
+    heads = gold.reshape(size, -1).shape[1] if gold is not None else model({k: v[:1] for k, v in batch.items()}).shape[1]
+    gold = gold.reshape(size, heads) if gold is not None else torch.zeros(size, heads, dtype=torch.long, device=device)
+    uniform = torch.rand(size, heads, generator=generator, dtype=torch.float32).to(device)
+    return batch, uniform, gold
+
+
+@contextmanager
+def measuring(model: nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off: F is the Fisher of the model's predictive distribution), eager attention, and
+    no_grad — the forward must not record a graph for anything outside `params` (e.g. the trainable head);
+    torch.func.grad/jacrev ignore an *outer* no_grad, so the gradients are unaffected. Modes are restored."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), eager_attention(model):
+            yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """Run the encoder with eager attention inside the block, then restore its implementation (SDPA for training).
@@ -83,109 +233,3 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
     finally:
         if before != "eager":
             model.encoder.set_attn_implementation(before)
-
-
-def _layer_sq_norms(grads: dict[str, torch.Tensor], groups: list[list[str]]) -> torch.Tensor:
-    """Σ over each layer's parameters of the squared gradient → (L,)."""
-    return torch.stack([sum(grads[n].float().pow(2).sum() for n in group) for group in groups])
-
-
-def fisher_trace(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], *, labels: str = "sample",
-                 estimator: str = "per-sample", generator: torch.Generator | None = None,
-                 chunk_size: int | None = None, device: torch.device | str = "cpu",
-                 autocast_dtype: torch.dtype | None = None) -> dict[int, float]:
-    """tr(F) per task-adapter layer i (sum over the parameters of `model.task_adapter.layers[i]`).
-
-    batches: collated dicts (fun.data.collate): input_ids (B, T) or (B, C, T), attention_mask, [token_type_ids],
-    labels (needed for labels="true"). per-sample averages over all examples of all batches; batch averages
-    over batches. `generator` (CPU) drives label sampling; None means a fixed seed, never the global RNG.
-    chunk_size bounds memory (examples per vmap chunk). Runs in eval() mode (dropout off — F is the
-    Fisher of the model's predictive distribution) and restores each module's previous mode.
-    """
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels={labels!r}: choose one of {', '.join(LABEL_MODES)}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator={estimator!r}: choose one of {', '.join(ESTIMATORS)}")
-    if not batches:
-        raise ValueError("tr(F) needs at least one batch")
-    params, groups = task_adapter_params(model)
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    device = torch.device(device)
-
-    def log_probs(params: dict, batch: dict) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = functional_call(model, params, (batch,))  # (B, H, K)
-        return torch.log_softmax(logits.float(), dim=-1)  # fp32 even under autocast: tr(F) within 1% of fp32
-
-    def example_log_probs(params: dict, example: dict) -> torch.Tensor:
-        # inside vmap each example is unbatched: give the model back its batch dim of 1
-        return log_probs(params, {k: v[None] for k, v in example.items()})[0]  # (H, K)
-
-    def example_log_likelihood(params, example, uniform, gold):
-        logp = example_log_probs(params, example)  # (H, K)
-        y = choose_labels(logp, labels, uniform, gold)  # (H,)
-        return logp.gather(-1, y[:, None]).sum()  # log p(y|x) = Σ_h log p_h(y_h|x); gather, not indexing, under vmap
-
-    def example_sample(params, example, uniform, gold):
-        return _layer_sq_norms(grad(example_log_likelihood)(params, example, uniform, gold), groups)  # (L,)
-
-    def example_log_probs_with_aux(params, example):
-        logp = example_log_probs(params, example)
-        return logp, logp.detach()  # differentiate the first, keep the second as the weights p_hk
-
-    def example_exact(params, example, uniform, gold):
-        # E_y ||∇ log p(y|x)||² with y = (y_1..y_H) independent across heads given x:
-        #   ||Σ_h g_h(y_h)||² = Σ_h ||g_h||² + Σ_{h≠h'} g_h·g_h',  and E_{y_h} g_h = Σ_k p_hk ∇log p_hk = ∇Σ_k p_hk = 0,
-        # so the cross terms vanish in expectation and  E_y||∇log p||² = Σ_h Σ_k p_hk ||∇ log p_hk||².
-        # That is one gradient per (h, k): H·K backward passes per example (jacrev) — cheap for 2–3 classes
-        # or a few choices, but for span QA K = T, so exact QA costs ~2T backward passes per example.
-        jac, logp = jacrev(example_log_probs_with_aux, has_aux=True)(params, example)  # jac[n]: (H, K, *shape)
-        p = logp.exp()  # (H, K)
-        return torch.stack([sum((p * jac[n].float().pow(2).flatten(2).sum(-1)).sum() for n in group)
-                            for group in groups])  # (L,)
-
-    def batch_nll(params, batch, uniform, gold):
-        logp = log_probs(params, batch)  # (B, H, K)
-        y = choose_labels(logp, labels, uniform, gold)  # (B, H)
-        return -logp.gather(-1, y[..., None]).sum((-1, -2)).mean()  # NLL averaged over the batch (Alg. 2, line 9)
-
-    per_example = vmap(example_exact if labels == "exact" else example_sample, in_dims=(None, 0, 0, 0),
-                       chunk_size=chunk_size)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    total = torch.zeros(len(groups), dtype=torch.float64)
-    count = 0
-    try:
-        # no_grad: the forward must not record an autograd graph for anything outside `params` (e.g. the
-        # trainable head). torch.func.grad/jacrev ignore an *outer* no_grad, so the gradients are unaffected.
-        with torch.no_grad(), eager_attention(model):
-            for batch in batches:
-                batch = to_device(batch, device)
-                gold = batch.pop("labels", None)
-                size = batch["input_ids"].shape[0]
-                if labels == "true" and gold is None:
-                    raise ValueError("labels='true' needs gold labels in every batch")
-                heads = gold.reshape(size, -1).shape[1] if gold is not None else _num_heads(model, batch)
-                gold = gold.reshape(size, heads) if gold is not None else torch.zeros(size, heads, dtype=torch.long, device=device)
-                # one U(0,1) per (example, head), from the caller's generator, drawn on CPU for reproducibility
-                uniform = torch.rand(size, heads, generator=generator, dtype=torch.float32).to(device)
-                if estimator == "per-sample":
-                    total += per_example(params, batch, uniform, gold).double().sum(0).cpu()
-                    count += size
-                elif labels == "exact":
-                    # E_y ||(1/B) Σ_n g_n||² / B = (1/B³) Σ_n E_y||g_n||²: labels are independent across
-                    # examples and zero-mean, so only the per-example terms survive the expectation
-                    total += per_example(params, batch, uniform, gold).double().sum(0).cpu() / size ** 3
-                    count += 1
-                else:
-                    total += _layer_sq_norms(grad(batch_nll)(params, batch, uniform, gold), groups).double().cpu() / size
-                    count += 1
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    return {i: float(v) for i, v in enumerate(total / count)}
-
-
-def _num_heads(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
-    """H of the (B, H, K) logits when the batch carries no labels: one forward of a single example."""
-    return model({k: v[:1] for k, v in batch.items()}).shape[1]

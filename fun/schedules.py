@@ -1,4 +1,4 @@
-"""Scheduled unfreezing: paper Algorithm 1 and SPEC §3.
+"""Scheduled unfreezing: paper Algorithm 1 (§3.2).
 
 L task adapters (index 0 = bottom, L-1 = top), interval k. At steps i = k, 2k, ... with i <= kL (1-based
 optimizer steps, before that step's forward) SELECT() returns adapter indices to add to the trainable set S;
@@ -7,9 +7,11 @@ once trainable, always trainable. Each schedule is two small pure functions:
     initial(L, order)   -> adapters trainable at step 0
     select(ctx)         -> adapters to unfreeze now, given the still-frozen ones (ctx: `Selection`)
 
-`fun` is the Fisher-driven SELECT (paper §5.3): `ctx.scores` holds tr(F) per adapter, computed by the
-training loop only for schedules with `needs_fisher`. `rand` draws from an RNG seeded by (seed, step), so
-it is a pure function too and resumes exactly.
+`unfreeze` is Algorithm 1's lines 7-9 for any schedule, and `set_trainable` applies S to the model as a
+per-adapter `requires_grad` mask: frozen adapters still run in the forward pass, they just get no gradient.
+`fun` is the Fisher-driven SELECT (paper §5.3): it looks at tr(F) per adapter, which `unfreeze` asks for only
+for schedules with `needs_fisher`, only at unfreeze steps. `rand` draws from an RNG seeded by (seed, step),
+so it is a pure function too and resumes exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,31 @@ SCHEDULES: dict[str, Schedule] = {
     "rand": Schedule(_top, select_random),
     "order": Schedule(_order_initial, select_in_order),  # fixed user order, --order (paper Fig. 4)
     "fun": Schedule(_top, select_max_fisher, needs_fisher=True),
-    "full": Schedule(_all, None, adapters=False),        # full fine-tuning baseline
+    "full": Schedule(_none, None, adapters=False),       # full fine-tuning baseline: no adapters, the encoder trains
 }
+
+
+def unfreeze(schedule: Schedule, step: int, k: int, trainable: set[int], num_layers: int, per_step: int = 1,
+             seed: int = 0, order: Sequence[int] = (),
+             fisher: Callable[[], dict[int, float]] | None = None) -> tuple[list[int], dict[int, float] | None]:
+    """Algorithm 1, lines 7-9: at i = k, 2k, ... (i <= kL), SELECT() adapters among the frozen ones to add to S.
+
+    Returns (chosen adapters — empty when nothing unfreezes at `step` —, the tr(F) scores FUN chose by, else None).
+    `fisher()` measures tr(F) per adapter; it is called only for FUN and only at an unfreeze step.
+    """
+    frozen = tuple(sorted(set(range(num_layers)) - trainable))
+    if schedule.select is None or not frozen or not is_unfreeze_step(step, k, num_layers):
+        return [], None
+    scores = fisher() if schedule.needs_fisher else None
+    return sorted(schedule.select(Selection(frozen, step, per_step, seed, tuple(order), scores))), scores
+
+
+def set_trainable(adapters: Sequence[nn.Module], trainable: set[int]) -> None:
+    """S as a per-adapter requires_grad mask. Frozen adapters keep running in the forward pass; AdamW skips
+    parameters whose grad is None, so a frozen adapter gets no update, no Adam state and no weight decay."""
+    for i, adapter in enumerate(adapters):
+        for p in adapter.parameters():
+            p.requires_grad_(i in trainable)
 
 
 def is_unfreeze_step(step: int, k: int, num_layers: int) -> bool:
@@ -114,9 +141,14 @@ def last_unfreeze_step(name: str, k: int, num_layers: int, per_step: int = 1, or
     return k * -(-frozen // per_step)
 
 
-def validate_order(order: Sequence[int], num_layers: int) -> None:
-    """An order must be a permutation of all adapters, or of all but the top one (which then starts)."""
+def validate_order(order: Sequence[int], num_layers: int | None = None) -> None:
+    """An order must be a permutation of all adapters, or of all but the top one (which then starts).
+    Without `num_layers`, only that it lists distinct adapter indices."""
+    if len(set(order)) != len(order) or min(order, default=0) < 0:
+        raise ValueError(f"order {','.join(map(str, order))}: must list distinct adapter indices (0 = bottom)")
+    if num_layers is None:
+        return
     expected_all, expected_rest = set(range(num_layers)), set(range(num_layers - 1))
-    if len(set(order)) != len(order) or set(order) not in (expected_all, expected_rest):
-        raise ValueError(f"--order {','.join(map(str, order))}: must list each of the {num_layers} adapter indices "
+    if set(order) not in (expected_all, expected_rest):
+        raise ValueError(f"order {','.join(map(str, order))}: must list each of the {num_layers} adapter indices "
                          f"0..{num_layers - 1} once (or each of 0..{num_layers - 2}, the top one then starts trainable)")

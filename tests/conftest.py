@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead, and keep CPU results reproducible
+
+
+def pytest_configure(config):
+    """The tests are offline: no call may reach the Hugging Face Hub (and none waits for its retries), except
+    the opt-in `-m online` tests."""
+    if "online" not in (config.option.markexpr or ""):
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from transformers import AutoModel
 from fun.adapterhub import (CONFIG_NAME, WEIGHTS_NAME, load_adapterhub, load_lang_adapter, load_lang_adapter_arg,
                             save_adapterhub)
 from fun.adapters import AdapterSet, AdapterStack, add_adapters
-from fun.model import UsageError
+from fun.hub import HubError
 from tiny import tiny_encoder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub"
@@ -175,19 +175,19 @@ def test_preset_config_name_loads(tmp_path):
 def test_mismatched_hidden_size_is_refused(tmp_path):
     adapter = AdapterSet(32, 4, reduction_factor=2, invertible=True)
     path = write_legacy(tmp_path / "sw", adapter)
-    with pytest.raises(UsageError, match="hidden size 32.*encoder has 64"):
+    with pytest.raises(ValueError, match="hidden size 32.*encoder has 64"):
         load_lang_adapter(str(path), tiny_encoder("bert", hidden=64))
 
 
 def test_mismatched_layer_count_is_refused(tmp_path):
     path = write_legacy(tmp_path / "sw", AdapterSet(32, 4, reduction_factor=2, invertible=True))
-    with pytest.raises(UsageError, match="4 layers.*encoder has 2"):
+    with pytest.raises(ValueError, match="4 layers.*encoder has 2"):
         load_lang_adapter(str(path), tiny_encoder("bert", layers=2))
 
 
 def test_mismatched_model_type_is_refused(tmp_path):
     path = write_legacy(tmp_path / "sw", AdapterSet(32, 4, reduction_factor=2, invertible=True))
-    with pytest.raises(UsageError, match="'bert' model.*'xlm-roberta'"):
+    with pytest.raises(ValueError, match="'bert' model.*'xlm-roberta'"):
         load_lang_adapter(str(path), tiny_encoder("xlmr"))
 
 
@@ -206,7 +206,7 @@ def test_mismatched_model_type_is_refused(tmp_path):
 def test_unsupported_configs_are_refused(tmp_path, change, message):
     config = dict(LEGACY_CONFIG, config=dict(LEGACY_CONFIG["config"], **change))
     path = write_legacy(tmp_path / "x", AdapterSet(32, 4, reduction_factor=2, invertible=True), config)
-    with pytest.raises(UsageError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_lang_adapter(str(path), tiny_encoder("bert"))
 
 
@@ -215,18 +215,18 @@ def test_unknown_weights_are_refused(tmp_path):
     state = torch.load(path / WEIGHTS_NAME, weights_only=True)
     state["bert.encoder.layer.0.attention.output.adapters.sw.adapter_up.weight"] = torch.zeros(1)
     torch.save(state, path / WEIGHTS_NAME)
-    with pytest.raises(UsageError, match="unexpected weights"):
+    with pytest.raises(ValueError, match="unexpected weights"):
         load_lang_adapter(str(path), tiny_encoder("bert"))
 
 
 def test_missing_directory_and_bad_spec(tmp_path):
     encoder = tiny_encoder("bert")
-    with pytest.raises(UsageError, match="no such directory"):
+    with pytest.raises(ValueError, match="no such directory"):
         load_lang_adapter_arg(str(tmp_path / "absent"), encoder)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="no adapter_config.json"):
+    with pytest.raises(ValueError, match="no adapter_config.json"):
         load_lang_adapter_arg(f"en={tmp_path / 'empty'}", encoder)
-    with pytest.raises(UsageError, match="LANG=DIR"):
+    with pytest.raises(ValueError, match="LANG=DIR"):
         load_lang_adapter_arg("english language=x", encoder)
 
 
@@ -254,7 +254,7 @@ def test_hub_id_downloads_or_explains_offline(monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(UsageError, match="pass the local directory"):
+    with pytest.raises(HubError, match="no network"):
         load_lang_adapter("AdapterHub/bert-base-multilingual-cased-de-wiki_pfeiffer", fixture_encoder("bert"))
 
 

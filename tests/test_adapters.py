@@ -1,11 +1,11 @@
-"""Adapter math (SPEC §2) against a hand-written reference, and the hooks' invariants."""
+"""Adapter math (paper §3.1, Fig. 6; MAD-X) against a hand-written reference, and the hooks' invariants."""
 
 import copy
 
 import pytest
 import torch
 
-from fun.adapters import AdapterSet, add_adapters, AdapterStack
+from fun.adapters import AdapterSet, AdapterStack, InvertibleAdapter, add_adapters
 from fun.heads import ClassificationHead
 from fun.model import AdapterModel
 from tiny import tiny_encoder
@@ -106,9 +106,14 @@ def test_remove_restores_plain_model_and_dense_runs_once():
 
 
 def test_invertible_adapter_inverse():
-    inv = AdapterSet(32, 1, 2, invertible=True).invertible
-    x = torch.randn(4, 7, 32)
-    torch.testing.assert_close(inv.inverse(inv(x)), x, rtol=0, atol=1e-5)
+    inv = InvertibleAdapter(33, activation="gelu_new")  # odd width: unequal halves
+    with torch.no_grad():
+        for p in inv.parameters():
+            p.normal_(std=0.5)
+    x = torch.randn(4, 7, 33)
+    torch.testing.assert_close(inv.inverse(inv(x)), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inv(inv.inverse(x)), x, atol=1e-5, rtol=0)
+    assert (inv(x) - x).abs().max() > 0.1
 
 
 def test_adapter_sizes_and_init():

@@ -12,8 +12,9 @@ import pytest
 import evaluate
 import train
 from fun.adapters import AdapterSet
-from fun.model import AdapterModel, UsageError
-from test_tasks import QA_PARAGRAPHS, write_copa, write_squad  # the synthetic file writers
+from cli import UsageError
+from fun.model import AdapterModel
+from tiny import QA_PARAGRAPHS, write_copa, write_squad
 
 ROOT = Path(__file__).resolve().parents[1]
 XCOPA_TARGETS = ("et", "qu", "zh")  # the synthetic test dir holds these; the other 8 are skipped
@@ -93,11 +94,11 @@ def test_hub_data_and_english_source_not_on_hub(xcopa_run, tmp_path, monkeypatch
     import datasets
     rows = [json.loads(line) for line in xcopa_run.source_file.read_text().splitlines()]
     hub = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, split: hub.append((*a, split)) or rows)
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: hub.append((path, name, split)) or rows)
     out = tmp_path / "hub.json"
     assert evaluate.main([str(xcopa_run.run), "--languages", "et,qu", "--output", str(out), "--no-progress"]) == 0
     results = json.loads(out.read_text())
-    assert hub == [("xcopa", "et", "test"), ("xcopa", "qu", "test")]
+    assert hub == [("cambridgeltl/xcopa", "et", "test"), ("cambridgeltl/xcopa", "qu", "test")]
     assert set(results["per_language"]) == {"et", "qu"} and "--source-file" in results["skipped"]["en"]
 
 
@@ -128,7 +129,7 @@ def test_usage_errors(xcopa_run, tmp_path, capsys):
         ([str(r.run), "--test-dir", str(r.test_dir), "--lang-adapters", "et"], "'et' is not LANG=PATH"),
         ([str(r.run), "--test-dir", str(tmp_path)], "no xcopa test files for any of"),
         ([str(r.run), "--task", "xnli", "--test-dir", str(xnli_dir)], "does not fit task xnli"),
-        ([str(r.run), "--test-dir", str(r.test_dir), "--batch-size", "0"], "--batch-size 0: must be a positive"),
+        ([str(r.run), "--test-dir", str(r.test_dir), "--batch-size", "0"], "--batch-size: 0: must be a positive integer"),
     ]
     for argv, message in cases:
         assert evaluate.main(argv + ["--no-progress"]) == 2, argv

@@ -1,4 +1,4 @@
-"""Language-adapter training with MLM (fun/tasks/mlm.py + train.py --task mlm), and its use in the pipeline."""
+"""Language-adapter training with MLM (fun/mlm.py + train.py --task mlm), and its use in the pipeline."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, BertForMaskedLM
 
-import fun.tasks.mlm as mlm
+import fun.mlm as mlm
 import train
 from fun.adapterhub import load_lang_adapter
-from fun.adapters import AdapterSet, InvertibleAdapter
-from fun.tasks import TASKS
+from fun.adapters import AdapterSet
 from tiny import make_tokenizer, tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub"
@@ -69,17 +68,6 @@ class Recording(mlm.MLMModel):
 
 # --- the invertible adapter and masking ---------------------------------------------------------------------------
 
-def test_invertible_adapter_inverse():
-    inv = InvertibleAdapter(33, activation="gelu_new")  # odd width: unequal halves
-    with torch.no_grad():
-        for p in inv.parameters():
-            p.normal_(std=0.5)
-    x = torch.randn(4, 7, 33)
-    torch.testing.assert_close(inv.inverse(inv(x)), x, atol=1e-5, rtol=0)
-    torch.testing.assert_close(inv(inv.inverse(x)), x, atol=1e-5, rtol=0)
-    assert (inv(x) - x).abs().max() > 0.1
-
-
 def test_masking_is_bert_style_and_deterministic():
     g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
     ids = torch.randint(5, 1000, (64, 128))
@@ -121,7 +109,7 @@ def test_mlm_logits_match_adapterhub_library():
     lang = load_lang_adapter(str(FIXTURES / "bert" / "lang"), encoder)
     head = mlm.pretrained_mlm_head(str(FIXTURES / "bert" / "model"), encoder)
     assert head.bias.abs().max() > 0.05 and not any(p.requires_grad for p in head.parameters())
-    model = mlm.MLMModel(encoder, head, lang).eval()
+    model = mlm.MLMModel(encoder, head, lang_adapter=lang).eval()
     batch = {k: expected[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     batch["mlm_positions"] = torch.arange(9).expand(3, 9)
     with torch.no_grad():
@@ -136,7 +124,7 @@ def test_mlm_logits_match_adapterhub_library():
 
 def test_model_without_mlm_head_needs_the_flag(tiny_bert_dir):
     encoder = AutoModel.from_pretrained(tiny_bert_dir)
-    with pytest.raises(mlm.UsageError, match="--mlm-head new"):
+    with pytest.raises(ValueError, match="--mlm-head new"):
         mlm.pretrained_mlm_head(str(tiny_bert_dir), encoder)
 
 
@@ -153,20 +141,19 @@ def test_mlm_training_moves_only_the_language_adapter(mlm_model_dir, corpus, tmp
     model, init = Recording.built["model"], Recording.built["init"]
     after = model.state_dict()
     changed = {k for k in init if not torch.equal(init[k], after[k])}
-    assert changed == {k for k in init if k.startswith("adapters.task.")}  # every adapter tensor, nothing else
-    assert any(k.startswith("adapters.task.invertible.") for k in changed)
+    assert changed == {k for k in init if k.startswith("adapters.lang.")}  # every adapter tensor, nothing else
+    assert any(k.startswith("adapters.lang.invertible.") for k in changed)
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert not any(p.requires_grad for p in model.head.parameters())  # the pretrained head stays frozen
     # held-out masked-token loss: trained adapter < the same model with a fresh (seeded) adapter
-    task = TASKS["mlm"]
-    fresh = model.adapters.task
+    fresh = model.adapters.lang
     torch.manual_seed(0)
-    model.adapters.task = AdapterSet(32, 4, reduction_factor=2, invertible=True)
+    model.adapters.lang = AdapterSet(32, 4, reduction_factor=2, invertible=True)
     tok = make_tokenizer()
-    dev = task.split("dev", tok, 16, str(corpus[1]))
-    before = task.evaluate(model, dev, 16, tok.pad_token_id)["loss"]
-    model.adapters.task = fresh
-    after_loss = task.evaluate(model, dev, 16, tok.pad_token_id)["loss"]
+    dev = mlm.corpus_split(mlm.read_corpus(corpus[1]), tok, 16, dev=True, lang="sw")
+    before = mlm.evaluate(model, dev, 16, tok.pad_token_id)["loss"]
+    model.adapters.lang = fresh
+    after_loss = mlm.evaluate(model, dev, 16, tok.pad_token_id)["loss"]
     assert after_loss == pytest.approx(dev_loss(out)[-1], abs=1e-6)
     assert after_loss < before - 0.3, (before, after_loss)
     # saved in our format and in AdapterHub's: both load as the trained language adapter
@@ -191,7 +178,7 @@ def test_new_head_trains_with_the_adapter(tiny_bert_dir, corpus, tmp_path, monke
     model, init = Recording.built["model"], Recording.built["init"]
     after = model.state_dict()
     changed = {k for k in init if not torch.equal(init[k], after[k])}
-    assert changed == {k for k in init if k.startswith(("adapters.task.", "head."))}
+    assert changed == {k for k in init if k.startswith(("adapters.lang.", "head."))}
     assert "encoder.embeddings.word_embeddings.weight" not in changed  # the tied decoder stays frozen
     losses = dev_loss(out)
     assert losses[-1] < losses[0] - 0.3, losses
@@ -200,16 +187,16 @@ def test_new_head_trains_with_the_adapter(tiny_bert_dir, corpus, tmp_path, monke
 
 def test_mlm_sigterm_then_resume_is_bit_identical(mlm_model_dir, corpus, tmp_path):
     """Dynamic masks come from (seed, step), not the global RNG: a run stopped and resumed ends bit-identical."""
-    from test_reliability import assert_same_run, cli, kill_when
+    from tiny import assert_same_run, kill_when, train_cli
 
     common = ["--max-steps", "80", "--eval-every", "20", "--save-every", "1000", "--threads", "1"]
     ref = tmp_path / "ref"
-    assert cli(mlm_args(mlm_model_dir, corpus, ref, *common)).returncode == 0
+    assert train_cli(mlm_args(mlm_model_dir, corpus, ref, *common)).returncode == 0
     out = tmp_path / "killed"
     args = mlm_args(mlm_model_dir, corpus, out, *common)
     code, err = kill_when(out, args, 5, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err
-    resumed = cli(args + ["--resume"])
+    resumed = train_cli(args + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(ref, out)
     a = torch.load(ref / "final" / "adapterhub" / "pytorch_adapter.bin", weights_only=True)
@@ -218,19 +205,18 @@ def test_mlm_sigterm_then_resume_is_bit_identical(mlm_model_dir, corpus, tmp_pat
 
 
 def test_mlm_without_dev_file_holds_out_every_20th_document(corpus):
-    task = mlm.MLM()
-    task.options = dict(lang="sw", train_file=str(corpus[0]), dev_file=None, probability=0.15)
-    train_docs, dev_docs = task.load("train", str(corpus[0])), task.load("dev", None)
+    train_docs, dev_docs = mlm.load_corpus("sw", str(corpus[0]), None)
     assert len(dev_docs) == 8 and len(train_docs) == 152
     assert not {d["text"] for d in dev_docs} - {d["text"] for d in mlm.read_corpus(corpus[0])}
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"--lang": None}, "needs --lang"),
+    ({"--lang": None}, "--lang: --task mlm needs the language code"),
     ({"--lang-activation": "nope"}, "not a transformers activation"),
-    ({"--lang-reduction-factor": "0"}, "--lang-reduction-factor 0"),
-    ({"--mlm-probability": "1.5"}, "--mlm-probability"),
+    ({"--lang-reduction-factor": "0"}, "--lang-reduction-factor: 0: must be a positive integer"),
+    ({"--mlm-probability": "1.5"}, "--mlm-probability: must be between 0 and 1"),
     ({"--schedule": "fun"}, "for task adapters"),
+    ({"--lang-adapter": "en=x"}, "--lang-adapter: --task mlm trains a language adapter on its own"),
     ({"--train-file": "absent.txt"}, "no such file"),
 ])
 def test_mlm_usage_errors(mlm_model_dir, corpus, tmp_path, capsys, change, message):

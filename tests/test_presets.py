@@ -6,8 +6,10 @@ import io
 import pytest
 
 import train
-from fun import presets
-from fun.presets import PRESETS
+from experiments import presets
+from experiments.presets import PRESETS
+from fun.config import resolve
+from fun.hub import MODELS
 
 # SPEC §5 = paper Table 3, written out again here on purpose: (train data, model) →
 # (epochs standard/scheduled, lr standard/scheduled, batch, k LPFT, k GU, k FUN)
@@ -22,6 +24,11 @@ TABLE3 = {
 # Table 4 (GU) and appendix F.2 (FUN): k for 1k / 5k / 10k
 REDUCED_K = {("xnli", "mbert", "gu"): (1, 25, 25), ("xnli", "xlmr", "gu"): (1, 25, 10),
              ("xnli", "mbert", "fun"): (10, 50, 25), ("xquad", "xlmr", "fun"): (10, 50, 25)}
+
+
+def resolved(argv: list[str]) -> dict:
+    """train.py's resolved settings for these flags, as config.json records them."""
+    return resolve(train.parse_config(argv)).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,7 @@ def test_list_presets_has_every_table3_configuration_with_its_values(listing):
                 assert float(row["lr"]) == lr[scheduled], row
                 assert float(row["epochs"]) == epochs[scheduled], row
                 assert row["batch"] == str(batch), row
-                assert row["model"] == presets.MODELS[model]
+                assert row["model"] == MODELS[model]
             assert f"{t}-{model}-full" in listing
     assert listing["xcopa-xlmr-fun"]["LR sched."] == "constant" and listing["xcopa-xlmr-fun"]["tr(F) every"] == "50"
     assert listing["xnli-mbert-gu"]["tr(F) every"] == "100"
@@ -63,20 +70,18 @@ def test_list_presets_has_reduced_data_and_appendix_configurations(listing):
 
 
 def test_explicit_flags_override_preset_values_in_the_resolved_config():
-    args = presets.parse_args(train.build_parser(), ["--preset", "xnli-mbert-gu", "--k", "7", "--lr", "1e-3",
-                                                     "--output-dir", "unused"])
-    cfg = train.resolve(args)
+    cfg = resolved(["--preset", "xnli-mbert-gu", "--k", "7", "--lr", "1e-3", "--output-dir", "unused"])
     assert (cfg["k"], cfg["lr"]) == (7, 1e-3)  # overridden
     assert (cfg["preset"], cfg["task"], cfg["schedule"], cfg["model"]) == (
-        "xnli-mbert-gu", "xnli", "gu", "bert-base-multilingual-cased")
+        "xnli-mbert-gu", "xnli", "gu", "google-bert/bert-base-multilingual-cased")
     assert (cfg["batch_size"], cfg["epochs"], cfg["lr_schedule"], cfg["fisher_every"]) == (128, 15, "linear", 100)
     assert "list_presets" not in cfg
 
 
 def test_every_preset_resolves_to_its_own_values():
-    """A preset names only real train.py flags, and train.resolve keeps every value (no default wins)."""
+    """A preset names only real train.py settings, and resolving keeps every value (no default wins)."""
     for name, preset in PRESETS.items():
-        cfg = train.resolve(presets.parse_args(train.build_parser(), ["--preset", name, "--output-dir", "x"]))
+        cfg = resolved(["--preset", name, "--output-dir", "x"])
         assert {key: cfg[key] for key in preset.flags} == preset.flags, name
 
 
@@ -89,7 +94,7 @@ def test_xquad_and_mlqa_presets_train_the_same_model():
 def test_unknown_preset_is_a_one_line_usage_error(capsys):
     assert train.main(["--preset", "xnli-mbert-gradual", "--output-dir", "x"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --preset xnli-mbert-gradual: unknown preset") and "\n" not in err
+    assert err.startswith("error: --preset: xnli-mbert-gradual: unknown preset") and "\n" not in err
 
 
 def test_preset_patterns_expand_in_listing_order():

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from tiny import write_nli
+from tiny import assert_same_run, kill_when, train_cli, write_nli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,39 +22,6 @@ def base_args(model_dir, nli_files, out, *extra):
     train_file, dev_file = nli_files
     return ["--model", str(model_dir), "--train-file", str(train_file), "--dev-file", str(dev_file),
             "--output-dir", str(out), "--batch-size", "8", "--no-progress", "--threads", "1", *extra]
-
-
-def cli(args, **kw):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=300, **kw)
-
-
-def run_outputs(out):
-    weights = load_file(out / "final" / "adapter.safetensors")
-    return weights, (out / "log.jsonl").read_text(), (out / "schedule.json").read_text()
-
-
-def assert_same_run(a, b):
-    wa, la, sa = run_outputs(a)
-    wb, lb, sb = run_outputs(b)
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ"
-    assert la == lb, "log.jsonl differs"
-    assert sa == sb, "schedule.json differs"
-
-
-def kill_when(out: Path, args, at_step: int, sig):
-    """Start train.py, wait until log.jsonl shows `at_step`, send `sig`; returns the exit code."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    log = out / "log.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and any(json.loads(l)["step"] >= at_step for l in log.read_text().splitlines() if l.strip()):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.005)
-    _, err = proc.communicate(timeout=240)
-    return proc.returncode, err
 
 
 SCHEDULE_ARGS = {
@@ -69,14 +36,14 @@ def test_sigterm_then_resume_is_bit_identical(tiny_bert_dir, nli_files, tmp_path
     common = [*SCHEDULE_ARGS[schedule], "--max-steps", "30", "--log-every", "1", "--eval-every", "10",
               "--save-every", "1000"]
     ref = tmp_path / "ref"
-    assert cli(base_args(tiny_bert_dir, nli_files, ref, *common)).returncode == 0
+    assert train_cli(base_args(tiny_bert_dir, nli_files, ref, *common)).returncode == 0
     out = tmp_path / "killed"
     args = base_args(tiny_bert_dir, nli_files, out, *common)
     code, err = kill_when(out, args, 8, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err  # stopped cleanly with a checkpoint, not finished
     assert "resume" in err and "Traceback" not in err
     assert not (out / "final").exists()
-    resumed = cli(args + ["--resume"])
+    resumed = train_cli(args + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(ref, out)
 
@@ -84,12 +51,12 @@ def test_sigterm_then_resume_is_bit_identical(tiny_bert_dir, nli_files, tmp_path
 def test_sigkill_resumes_from_last_periodic_checkpoint(tiny_bert_dir, nli_files, tmp_path):
     common = ["--schedule", "rand", "--k", "4", "--max-steps", "30", "--log-every", "1", "--save-every", "3"]
     ref = tmp_path / "ref"
-    assert cli(base_args(tiny_bert_dir, nli_files, ref, *common)).returncode == 0
+    assert train_cli(base_args(tiny_bert_dir, nli_files, ref, *common)).returncode == 0
     out = tmp_path / "killed"
     args = base_args(tiny_bert_dir, nli_files, out, *common)
     code, _ = kill_when(out, args, 10, signal.SIGKILL)
     assert code == -signal.SIGKILL
-    resumed = cli(args + ["--resume"])
+    resumed = train_cli(args + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(ref, out)  # lines logged after the checkpoint were truncated, then written once
 
@@ -119,13 +86,13 @@ def expect_usage_error(args, capsys, *needles):
 def test_bad_inputs(tiny_bert_dir, nli_files, tmp_path, capsys):
     out = tmp_path / "run"
     ok = lambda *extra: base_args(tiny_bert_dir, nli_files, out, "--max-steps", "2", *extra)
-    expect_usage_error(ok("--task", "nope"), capsys, "unknown task")
-    expect_usage_error(ok("--schedule", "nope"), capsys, "unknown schedule")
-    expect_usage_error(ok("--schedule", "gu", "--k", "0"), capsys, "--k 0")
-    expect_usage_error(ok("--schedule", "gu", "--k", "-3"), capsys, "--k -3")
+    expect_usage_error(ok("--task", "nope"), capsys, "--task: invalid choice: 'nope'")
+    expect_usage_error(ok("--schedule", "nope"), capsys, "--schedule: invalid choice: 'nope'")
+    expect_usage_error(ok("--schedule", "gu", "--k", "0"), capsys, "--k: 0: must be a positive integer")
+    expect_usage_error(ok("--schedule", "gu", "--k", "-3"), capsys, "--k: -3: must be a positive integer")
     expect_usage_error(ok("--schedule", "order", "--order", "3,3"), capsys, "--order")
     offline = base_args("no-such-org/no-such-model", nli_files, out)
-    expect_usage_error(offline, capsys, "local directory")
+    expect_usage_error(offline, capsys, "--model: no-such-org/no-such-model: not a local model directory", "no network")
     empty_model = tmp_path / "empty-model"
     empty_model.mkdir()
     expect_usage_error(base_args(empty_model, nli_files, out), capsys, "config.json")
@@ -176,4 +143,4 @@ def test_nan_loss_stops_with_checkpoint(tiny_bert_dir, nli_files, tmp_path, caps
                                        "--save-every", "1"), capsys, "loss is", "at step")
     assert (out / "checkpoint.pt").exists()
     step = int(msg.split("at step ")[1].split(";")[0])
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == step - 1
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["progress"]["step"] == step - 1

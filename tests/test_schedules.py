@@ -1,29 +1,32 @@
-"""Each schedule's unfreeze steps and order (SPEC §3, paper Algorithm 1), run as pure functions."""
+"""Each schedule's unfreeze steps and order (paper Algorithm 1), run as pure functions."""
 
 import pytest
+import torch
 
-from fun.schedules import SCHEDULES, Selection, is_unfreeze_step, last_unfreeze_step, validate_order
+from fun.schedules import SCHEDULES, is_unfreeze_step, last_unfreeze_step, set_trainable, unfreeze, validate_order
 
 
 def simulate(name, L=12, k=3, steps=60, m=1, seed=0, order=(), scores=None):
-    """Algorithm 1 without the model: returns the trainable set at step 0 and the unfreeze events."""
+    """Algorithm 1 without the model, through the loop's own `unfreeze`: the trainable set at step 0 and the
+    unfreeze events."""
     schedule = SCHEDULES[name]
     trainable = set(schedule.initial(L, order))
     start, events = sorted(trainable), []
     for step in range(1, steps + 1):
-        frozen = tuple(sorted(set(range(L)) - trainable))
-        if schedule.select and frozen and is_unfreeze_step(step, k, L):
-            chosen = schedule.select(Selection(frozen, step, m, seed, tuple(order), scores))
-            assert chosen and set(chosen) <= set(frozen)
+        frozen = set(range(L)) - trainable
+        chosen, _ = unfreeze(schedule, step, k, trainable, L, m, seed, order, fisher=lambda: scores)
+        if chosen:
+            assert set(chosen) <= frozen
             trainable |= set(chosen)
-            events.append((step, sorted(chosen)))
+            events.append((step, chosen))
     return start, events, trainable
 
 
 def test_standard_and_full_never_unfreeze():
-    for name in ("standard", "full"):
-        start, events, _ = simulate(name)
-        assert start == list(range(12)) and events == []
+    start, events, _ = simulate("standard")
+    assert start == list(range(12)) and events == []
+    start, events, _ = simulate("full")  # full fine-tuning has no adapters to schedule: the encoder trains
+    assert start == [] and events == []
 
 
 def test_gu_top_down_every_k_steps():
@@ -81,3 +84,24 @@ def test_unfreeze_steps_stop_at_kL():
     assert last_unfreeze_step("lpft", 25, 12) == 25
     assert last_unfreeze_step("standard", 25, 12) == 0
     assert last_unfreeze_step("gu", 10, 12, per_step=2) == 60
+
+
+def test_unfreeze_asks_for_fisher_only_for_fun_at_unfreeze_steps():
+    asked = []
+
+    def fisher():
+        asked.append(True)
+        return {i: float(i % 5) for i in range(12)}
+
+    for step in range(1, 10):
+        unfreeze(SCHEDULES["gu"], step, 3, {11}, 12, fisher=fisher)
+    assert asked == []
+    chosen = [unfreeze(SCHEDULES["fun"], step, 3, {11}, 12, fisher=fisher) for step in range(1, 7)]
+    assert len(asked) == 2  # steps 3 and 6 only
+    assert chosen[2] == ([9], {i: float(i % 5) for i in range(12)}) and chosen[0] == ([], None)
+
+
+def test_set_trainable_is_a_requires_grad_mask():
+    adapters = [torch.nn.Linear(2, 2) for _ in range(4)]
+    set_trainable(adapters, {1, 3})
+    assert [all(p.requires_grad for p in a.parameters()) for a in adapters] == [False, True, False, True]

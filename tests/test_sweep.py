@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import aggregate
-import sweep
 import train
+from experiments import aggregate, sweep
 
 XNLI_RESULTS = {  # (schedule, seed) → per-language accuracy; average = their mean (as evaluate.py writes it)
     ("standard", 1): dict(en=80.0, ar=50.0, sw=40.0), ("standard", 2): dict(en=81.0, ar=52.0, sw=46.0),
@@ -126,8 +125,8 @@ def test_bad_sweep_input_is_a_usage_error(tmp_path, capsys):
     root = ["--root", str(tmp_path)]
     for argv, words in ((["--presets", "xnli-mbert-gradual"], "unknown preset"),
                         (["--tasks", "xnli", "--schedules", "gu", "--extra", "--seed 3"], "--seed is set by the sweep"),
-                        (["--tasks", "xnli", "--schedules", "sometimes"], "unknown schedule"),
-                        (["--tasks", "xnli", "--schedules", "gu", "--extra", "--k zero"], "invalid int value"),
+                        (["--tasks", "xnli", "--schedules", "sometimes"], "--schedule: invalid choice: 'sometimes'"),
+                        (["--tasks", "xnli", "--schedules", "gu", "--extra", "--k zero"], "--k: 'zero' is not a whole number"),
                         (["--tasks", "xnli", "--schedules", "gu", "--seeds", "1,x"], "--seeds"),
                         (["--tasks", "xnli", "--schedules", "gu", "--index", "5"], "--index 5")):
         assert sweep.main(argv + root + ["--emit", "commands"]) == 2, argv

@@ -11,12 +11,13 @@ import torch
 
 import train
 from fun.adapters import AdapterSet
+from fun.config import resolve
 from fun.data import collate
-from fun.model import AdapterModel, UsageError
+from fun.model import AdapterModel
 from fun.qa import prepare_eval_features
 from fun.tasks import TASKS
 from fun.tasks.extractive_qa import clip_questions
-from tiny import DATA, E5, make_tokenizer, tiny_encoder
+from tiny import DATA, E5, LONG, QA_PARAGRAPHS, make_tokenizer, squad_json, tiny_encoder, write_copa, write_squad
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} absent (fresh clone)")
 needs_e5 = pytest.mark.skipif(not E5.is_dir(), reason=f"model {E5} absent (fresh clone)")
@@ -24,64 +25,32 @@ needs_e5 = pytest.mark.skipif(not E5.is_dir(), reason=f"model {E5} absent (fresh
 XCOPA, XQUAD, MLQA = TASKS["xcopa"], TASKS["xquad"], TASKS["mlqa"]
 
 
-def write_copa(path: Path, n: int = 8, seed: int = 0, lang: str = "en") -> Path:
-    g = torch.Generator().manual_seed(seed)
-    words = "man woman dog cat went home ran fast slow sun rain day night".split()
-    rows = []
-    for i in range(n):
-        pick = lambda: " ".join(words[int(j)] for j in torch.randint(len(words), (4,), generator=g))  # noqa: E731
-        rows.append(dict(premise=pick() + " .", choice1=pick() + " .", choice2=pick() + " .",
-                         question=("cause", "effect")[i % 2], label=int(torch.randint(2, (1,), generator=g)), idx=i))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def squad_json(paragraphs: list[tuple[str, list[tuple[str, str, str]]]]) -> dict:
-    """[(context, [(id, question, answer), ...]), ...] → SQuAD v1.1 dict; answer_start found in the context."""
-    return {"data": [{"title": "t", "paragraphs": [
-        {"context": c, "qas": [{"id": i, "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}
-                               for i, q, a in qas]} for c, qas in paragraphs]}]}
-
-
-def write_squad(path: Path, paragraphs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(squad_json(paragraphs)))
-    return path
-
-
-LONG = " ".join(["the man went home"] * 10 + ["the dog ran fast"] + ["the sun is big"] * 10)
-QA_PARAGRAPHS = [(LONG, [("q1", "what ran ?", "dog ran fast"), ("q2", "who went home ?", "the man")]),
-                 ("the cat is happy because it is a good day", [("q3", "why is it happy ?", "it is a good day")])]
-
-
-# --- defaults (SPEC §5 table) --------------------------------------------------------------------------------
+# --- defaults (paper Table 3) -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("task, model, schedule, lr, epochs, k", [
-    ("xcopa", "bert-base-multilingual-cased", "standard", 1e-4, 500, 50),
-    ("xcopa", "bert-base-multilingual-cased", "gu", 1e-5, 5000, 50),
-    ("xcopa", "xlm-roberta-base", "fun", 1e-5, 5000, 1000),
-    ("xcopa", "xlm-roberta-base", "lpft", 1e-5, 5000, 800),
+    ("xcopa", "google-bert/bert-base-multilingual-cased", "standard", 1e-4, 500, 50),
+    ("xcopa", "google-bert/bert-base-multilingual-cased", "gu", 1e-5, 5000, 50),
+    ("xcopa", "FacebookAI/xlm-roberta-base", "fun", 1e-5, 5000, 1000),
+    ("xcopa", "xlm-roberta-base", "lpft", 1e-5, 5000, 800),     # the old short id: same family
     ("xquad", "bert-base-multilingual-cased", "gu", 5e-4, 5, 800),
-    ("xquad", "xlm-roberta-base", "standard", 2e-4, 15, 800),
-    ("mlqa", "xlm-roberta-base", "fun", 5e-4, 15, 100),
-    ("mlqa", "xlm-roberta-base", "rand", 5e-4, 15, 800),       # rand/order/gu-rev take GU's k
-    ("xquad", "microsoft/mdeberta-v3-base", "fun", 5e-4, 5, 800),  # no paper values: mBERT's
-    ("xnli", "bert-base-multilingual-cased", "fun", 5e-4, 15, 50),
+    ("xquad", "FacebookAI/xlm-roberta-base", "standard", 2e-4, 15, 800),
+    ("mlqa", "FacebookAI/xlm-roberta-base", "fun", 5e-4, 15, 100),
+    ("mlqa", "FacebookAI/xlm-roberta-base", "rand", 5e-4, 15, 800),  # rand/order/gu-rev take GU's k
+    ("xquad", "microsoft/mdeberta-v3-base", "fun", 5e-4, 5, 800),    # no paper values: mBERT's
+    ("xnli", "google-bert/bert-base-multilingual-cased", "fun", 5e-4, 15, 50),
 ])
 def test_paper_defaults_resolve_per_model_family(task, model, schedule, lr, epochs, k):
-    cfg = train.resolve(train.build_parser().parse_args(
-        ["--task", task, "--model", model, "--schedule", schedule, "--output-dir", "unused"]))
-    assert (cfg["lr"], cfg["epochs"], cfg["k"]) == (lr, epochs, k)
+    cfg = resolve(train.parse_config(["--task", task, "--model", model, "--schedule", schedule, "--output-dir", "x"]))
+    assert (cfg.lr, cfg.epochs, cfg.k) == (lr, epochs, k)
     d = TASKS[task].defaults
-    assert cfg["batch_size"] == d.batch_size and cfg["max_length"] == d.max_length
-    assert cfg["lr_schedule"] == ("constant" if task == "xcopa" else "linear")
+    assert cfg.batch_size == d.batch_size and cfg.max_length == d.max_length
+    assert cfg.lr_schedule == ("constant" if task == "xcopa" else "linear")
 
 
 def test_flags_override_defaults():
-    cfg = train.resolve(train.build_parser().parse_args(
+    cfg = resolve(train.parse_config(
         ["--task", "xcopa", "--schedule", "gu", "--lr", "3e-4", "--epochs", "2", "--k", "7", "--output-dir", "x"]))
-    assert (cfg["lr"], cfg["epochs"], cfg["k"]) == (3e-4, 2, 7)
+    assert (cfg.lr, cfg.epochs, cfg.k) == (3e-4, 2, 7)
 
 
 # --- XCOPA ---------------------------------------------------------------------------------------------------
@@ -160,19 +129,20 @@ def test_xcopa_directory_layouts(tmp_path):
 def test_xcopa_malformed_row_names_file_and_line(tmp_path, line, message):
     path = write_copa(tmp_path / "bad.jsonl", 2)
     path.write_text(path.read_text() + "\n" + line + "\n")  # a blank line 3, the bad row on line 4
-    with pytest.raises(UsageError, match=f"{path}:4: .*{message}"):
+    with pytest.raises(ValueError, match=f"{path}:4: .*{message}"):
         XCOPA.load("train", str(path))
 
 
 def test_hub_loading_and_offline_error(monkeypatch):
     import datasets
+    from fun.hub import HubError
     calls = []
 
-    def fake(name, *args, split):
-        calls.append((name, *args, split))
-        if name == "xquad":
-            raise ConnectionError("offline")
-        if name in ("super_glue", "xcopa"):
+    def fake(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split, kwargs))
+        if path == "google/xquad":
+            raise ConnectionError("Couldn't reach 'google/xquad' on the Hub (LocalEntryNotFoundError)")
+        if path in ("aps/super_glue", "cambridgeltl/xcopa"):
             return [dict(premise="p", choice1="a", choice2="b", question="cause", label=1, idx=0)]
         return [dict(id="x", question="q", context="c d", title="t", answers={"text": ["d"], "answer_start": [2]})]
 
@@ -180,11 +150,12 @@ def test_hub_loading_and_offline_error(monkeypatch):
     assert XCOPA.load("train")[0]["label"] == 1 and XCOPA.load("test", None, "qu")[0]["premise"] == "p"
     assert MLQA.load("test", None, "de")[0]["normalization"] == "mlqa"
     assert MLQA.load("dev")[0]["normalization"] == "squad"  # the English dev set is SQuAD's
-    assert calls == [("super_glue", "copa", "train"), ("xcopa", "qu", "test"), ("mlqa", "mlqa.de.de", "test"),
-                     ("squad", "validation")]
-    with pytest.raises(UsageError, match="could not load dataset 'xquad' xquad.de .*--test-dir"):
+    assert calls == [("aps/super_glue", None, "train", {"revision": "refs/convert/parquet", "data_dir": "copa"}),
+                     ("cambridgeltl/xcopa", "qu", "test", {}), ("google/xtreme", "MLQA.de.de", "test", {}),
+                     ("rajpurkar/squad", "plain_text", "validation", {})]
+    with pytest.raises(HubError, match="google/xquad config xquad.de split validation: no network"):
         XQUAD.load("test", None, "de")
-    with pytest.raises(UsageError, match="--source-file"):
+    with pytest.raises(ValueError, match="no labels on the Hub"):
         XCOPA.load("test", None, "en")
 
 
@@ -293,21 +264,21 @@ def test_mlqa_directory_layouts(tmp_path):
     assert len(MLQA.load("dev", str(tmp_path / "official"), "ar")) == 3
     assert MLQA.load("dev", str(tmp_path / "official" / "dev" / "dev-context-ar-question-ar.json"))[0][
         "normalization"] == "squad"  # a --dev-file is SQuAD dev
-    with pytest.raises(UsageError, match="only a test set"):
+    with pytest.raises(ValueError, match="only a test set"):
         XQUAD.load("dev", str(tmp_path / "flat"), "de")
 
 
 def test_qa_malformed_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"data": [\n{"paragraphs": [}\n]}')
-    with pytest.raises(UsageError, match=f"{bad}.*line 2"):
+    with pytest.raises(ValueError, match=f"{bad}.*line 2"):
         XQUAD.load("train", str(bad))
     data = squad_json(QA_PARAGRAPHS)
     data["data"][0]["paragraphs"][1]["qas"][0]["answers"][0]["answer_start"] = 0
     bad.write_text(json.dumps(data))
-    with pytest.raises(UsageError, match=f"{bad}: .*paragraphs\\[1\\].qas\\[0\\] \\(id='q3'\\).*not at answer_start"):
+    with pytest.raises(ValueError, match=f"{bad}: .*paragraphs\\[1\\].qas\\[0\\] \\(id='q3'\\).*not at answer_start"):
         XQUAD.load("train", str(bad))
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         XQUAD.load("test", str(tmp_path), "de")
 
 
@@ -318,5 +289,5 @@ def test_qa_long_questions_and_too_short_windows(tmp_path):
     split = XQUAD.split("train", tok, 48, str(path))  # the question is cut to 24 tokens; windows still work
     assert all(len(f["input_ids"]) <= 48 for f in split.features)
     assert any(f["labels"] != [0, 0] for f in split.features)
-    with pytest.raises(UsageError, match="--max-length 6 is too short"):
+    with pytest.raises(ValueError, match="max length 6 is too short"):
         XQUAD.split("train", tok, 6, str(path))

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fun.tasks.base
 import train
 from fun.model import AdapterModel
 
@@ -22,7 +21,9 @@ def run_args(model_dir, nli_files, out, *extra):
             "--output-dir", str(out), "--batch-size", "8", "--no-progress", *extra]
 
 
-def test_only_scheduled_adapters_and_head_change(tiny_bert_dir, nli_files, tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight_decay", ["0", "0.5"])
+def test_only_scheduled_adapters_and_head_change(tiny_bert_dir, nli_files, tmp_path, monkeypatch, weight_decay):
+    """Frozen adapters stay bit-identical even with weight decay: they have no gradient, so AdamW skips them."""
     built = {}
 
     class Recording(AdapterModel):
@@ -31,10 +32,11 @@ def test_only_scheduled_adapters_and_head_change(tiny_bert_dir, nli_files, tmp_p
             built["model"] = self
             built["init"] = {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    monkeypatch.setattr(fun.tasks.base, "AdapterModel", Recording)  # Task.build_model builds it
+    monkeypatch.setattr(train, "AdapterModel", Recording)  # train.build_model builds it
     out = tmp_path / "run"
     # GU with k=4: layer 3 trains from step 1, layer 2 from step 4; layers 0 and 1 stay frozen
-    assert train.main(run_args(tiny_bert_dir, nli_files, out, "--schedule", "gu", "--k", "4", "--max-steps", "5")) == 0
+    assert train.main(run_args(tiny_bert_dir, nli_files, out, "--schedule", "gu", "--k", "4", "--max-steps", "5",
+                               "--weight-decay", weight_decay)) == 0
     model, init = built["model"], built["init"]
     after = model.state_dict()
     changed = {k for k in init if not torch.equal(init[k], after[k])}
@@ -44,8 +46,10 @@ def test_only_scheduled_adapters_and_head_change(tiny_bert_dir, nli_files, tmp_p
     # AdamW holds state only for parameters that ever had a gradient (no state / weight decay for frozen ones)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     trained = sum(1 for k in init if k.startswith(moved_prefixes))
-    assert len(ckpt["optimizer"]["state"]) == trained
-    assert sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"]) == sum(
+    optimizer = ckpt["parts"]["optimizer"]
+    assert len(optimizer["state"]) == trained
+    assert optimizer["param_groups"][0]["weight_decay"] == float(weight_decay)
+    assert sum(len(g["params"]) for g in optimizer["param_groups"]) == sum(
         1 for k in init if k.startswith(("head.", "adapters.task.")))  # one optimizer over all, created once
     # the saved final adapter is what was trained
     saved = load_file(out / "final" / "adapter.safetensors")
@@ -53,10 +57,17 @@ def test_only_scheduled_adapters_and_head_change(tiny_bert_dir, nli_files, tmp_p
 
 
 def test_trainable_count_printed_and_run_directory(tiny_bert_dir, nli_files, tmp_path, capsys):
+    """Hidden 32, 4 layers, rf 16: each adapter is 32·2+2 + 2·32+32 = 162 parameters; the 2-layer classification
+    head 32·32+32 + 32·3+3 = 1,155. Standard trains 4·162 + 1,155 = 1,803; GU starts with one adapter: 1,317."""
+    from transformers import AutoModel
+    encoder_params = sum(p.numel() for p in AutoModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False).parameters())
+    total = encoder_params + 1_803
     out = tmp_path / "run"
     assert train.main(run_args(tiny_bert_dir, nli_files, out, "--max-steps", "3", "--eval-every", "2")) == 0
     printed = capsys.readouterr().out
-    assert "trainable params: " in printed and " / " in printed
+    assert f"trainable params: 1,803 / {total:,} ({100 * 1803 / total:.3f}%) at step 0; ever trainable: 1,803" in printed
+    assert train.main(run_args(tiny_bert_dir, nli_files, tmp_path / "gu", "--max-steps", "1", "--schedule", "gu")) == 0
+    assert f"trainable params: 1,317 / {total:,}" in capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["schedule"] == "standard" and cfg["total_steps"] == 3 and cfg["lr"] == 5e-4  # paper XNLI default
     lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
@@ -92,10 +103,31 @@ def test_full_finetuning_trains_the_encoder(tiny_bert_dir, nli_files, tmp_path, 
             super().__init__(*args, **kwargs)
             built["model"], built["init"] = self, {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    monkeypatch.setattr(fun.tasks.base, "AdapterModel", Recording)  # Task.build_model builds it
+    monkeypatch.setattr(train, "AdapterModel", Recording)  # train.build_model builds it
     assert train.main(run_args(tiny_bert_dir, nli_files, tmp_path / "full", "--schedule", "full", "--max-steps", "2",
                                "--lr", "1e-3")) == 0
     model, init = built["model"], built["init"]
     assert model.task_adapter is None
     after = model.state_dict()
     assert not torch.equal(init["encoder.encoder.layer.0.output.dense.weight"], after["encoder.encoder.layer.0.output.dense.weight"])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_lr_schedule_has_no_warmup_and_decays_to_zero_at_n(tiny_bert_dir, nli_files, tmp_path, schedule):
+    """The lr of step i (1-based) is lr·(N - i + 1)/N for linear decay, lr for constant (paper §4.3: no warmup)."""
+    out = tmp_path / schedule
+    assert train.main(run_args(tiny_bert_dir, nli_files, out, "--max-steps", "4", "--lr", "1e-3", "--log-every", "1",
+                               "--lr-schedule", schedule)) == 0
+    lrs = [json.loads(l)["lr"] for l in (out / "log.jsonl").read_text().splitlines()]
+    expected = [1e-3 * (4 - i) / 4 for i in range(4)] if schedule == "linear" else [1e-3] * 4
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_help_lists_every_setting():
+    """The flags are generated from fun.config.TrainConfig: one per field, with its one-line doc."""
+    import dataclasses
+    from fun.config import TrainConfig
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in proc.stdout, field.name

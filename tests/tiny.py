@@ -1,17 +1,23 @@
-"""Tiny encoders and a tokenizer built in code, so every test runs offline on CPU in seconds."""
+"""Shared by the tests: tiny encoders and a tokenizer built in code (every test runs offline on CPU in seconds),
+synthetic data files in the official formats, and helpers that run train.py and compare run directories."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (BertConfig, BertModel, DebertaV2Config, DebertaV2Model, PreTrainedTokenizerFast,
                           XLMRobertaConfig, XLMRobertaModel)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
 E5 = SHARED / "models" / "multilingual-e5-small"
 
@@ -86,3 +92,69 @@ def write_nli(path: Path, n: int = 64, seed: int = 0, fmt: str = "jsonl") -> Pat
         names = ("entailment", "neutral", "contradiction")
         path.write_text("".join(f"{p}\t{h}\t{names[l]}\n" for p, h, l in rows))
     return path
+
+
+def write_copa(path: Path, n: int = 8, seed: int = 0, lang: str = "en") -> Path:
+    g = torch.Generator().manual_seed(seed)
+    words = "man woman dog cat went home ran fast slow sun rain day night".split()
+    rows = []
+    for i in range(n):
+        pick = lambda: " ".join(words[int(j)] for j in torch.randint(len(words), (4,), generator=g))  # noqa: E731
+        rows.append(dict(premise=pick() + " .", choice1=pick() + " .", choice2=pick() + " .",
+                         question=("cause", "effect")[i % 2], label=int(torch.randint(2, (1,), generator=g)), idx=i))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def squad_json(paragraphs: list[tuple[str, list[tuple[str, str, str]]]]) -> dict:
+    """[(context, [(id, question, answer), ...]), ...] → SQuAD v1.1 dict; answer_start found in the context."""
+    return {"data": [{"title": "t", "paragraphs": [
+        {"context": c, "qas": [{"id": i, "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}
+                               for i, q, a in qas]} for c, qas in paragraphs]}]}
+
+
+def write_squad(path: Path, paragraphs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(squad_json(paragraphs)))
+    return path
+
+
+LONG = " ".join(["the man went home"] * 10 + ["the dog ran fast"] + ["the sun is big"] * 10)
+QA_PARAGRAPHS = [(LONG, [("q1", "what ran ?", "dog ran fast"), ("q2", "who went home ?", "the man")]),
+                 ("the cat is happy because it is a good day", [("q3", "why is it happy ?", "it is a good day")])]
+
+
+# --- running train.py ---------------------------------------------------------------------------------------------
+
+def train_cli(args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def run_outputs(out):
+    weights = load_file(out / "final" / "adapter.safetensors")
+    return weights, (out / "log.jsonl").read_text(), (out / "schedule.json").read_text()
+
+
+def assert_same_run(a, b):
+    wa, la, sa = run_outputs(a)
+    wb, lb, sb = run_outputs(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ"
+    assert la == lb, "log.jsonl differs"
+    assert sa == sb, "schedule.json differs"
+
+
+def kill_when(out: Path, args, at_step: int, sig):
+    """Start train.py, wait until log.jsonl shows `at_step`, send `sig`; returns the exit code."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and any(json.loads(l)["step"] >= at_step for l in log.read_text().splitlines() if l.strip()):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=240)
+    return proc.returncode, err

@@ -1,4 +1,4 @@
-"""The one task interface (STYLE 7): loading, tokenisation, head, loss, prediction and metric per task.
+"""The one task interface: loading, tokenisation, head, metric per task (XNLI, XCOPA, XQuAD, MLQA).
 
 The training loop, evaluation and the Fisher code only see `Task` and logits of shape (B, H, K) — H
 independent categorical distributions over K outcomes (fun/heads.py) — so none of them branch on the task.
@@ -13,26 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fun.adapters import AdapterSet
-from fun.evaluation import evaluate
-from fun.model import AdapterModel, UsageError
-
-
-@dataclass
-class Split:
-    """One tokenised data split: `features` feed the model (one or more per example), `examples` feed the metric."""
-    examples: list[dict]
-    features: list[dict]
-    lang: str = "en"
-    name: str = ""
-
+from fun.data import Split
 
 Value = float | tuple[float, float] | dict[str, float | tuple[float, float]]  # see Defaults
 
 
 @dataclass(frozen=True)
 class Defaults:
-    """Paper hyperparameters (SPEC §5, paper Table 3) for one task.
+    """Paper hyperparameters (paper Table 3) for one task.
 
     `epochs` and `lr` are a number, a (standard, scheduled) pair, or a {model family: either} dict;
     `k` maps (model family, schedule) → k. Families without paper values (mDeBERTa) take mBERT's.
@@ -59,15 +47,11 @@ class Defaults:
 
 
 class Task:
-    """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `score`.
-
-    The training loop also calls `build_model`, `train_batch`, `evaluate` and `export` on every task; their
-    defaults below suit the four evaluation tasks, and --task mlm (fun/tasks/mlm.py) overrides them.
-    """
+    """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `score`."""
 
     name: str
     metric: str                        # the model-selection metric key in `score`'s result
-    languages: tuple[str, ...]         # zero-shot target languages (SPEC §5)
+    languages: tuple[str, ...]         # zero-shot target languages (paper §4)
     extra_languages: tuple[str, ...] = ()  # also in the dataset, not in the paper's tables (--languages)
     source_lang: str = "en"
     token_level: bool = False          # K is the sequence length (span QA): trim padded logits per feature
@@ -75,7 +59,7 @@ class Task:
 
     def load(self, split: str, path: str | None = None, lang: str = "en") -> list[dict]:
         """Raw examples of `split` ("train", "dev", "test") from `path` (a local file or directory in the
-        official format) or, when `path` is None, from the Hugging Face Hub."""
+        official format) or, when `path` is None, from the Hugging Face Hub (fun/hub.py)."""
         raise NotImplementedError
 
     def local_file(self, split: str, directory: str | Path, lang: str) -> Path | None:
@@ -94,26 +78,6 @@ class Task:
         """Metrics of the model's per-feature logits (each (H, K)) on `split`."""
         raise NotImplementedError
 
-    def build_model(self, encoder: nn.Module, cfg: dict, lang_adapter: AdapterSet | None = None,
-                    adapters: bool = True) -> AdapterModel:
-        """Frozen encoder + Stack(lang, task) + head; `adapters=False` (full fine-tuning) has no task adapter."""
-        config = encoder.config
-        task_adapter = AdapterSet(config.hidden_size, config.num_hidden_layers, cfg["reduction_factor"]) if adapters else None
-        return AdapterModel(encoder, self.make_head(config.hidden_size, config.hidden_dropout_prob), task_adapter,
-                            lang_adapter)
-
-    def train_batch(self, batch: dict[str, torch.Tensor], tokenizer, seed: int, step: int) -> dict[str, torch.Tensor]:
-        """A collated training batch as the model sees it at `step` (unchanged here; MLM masks it)."""
-        return batch
-
-    def evaluate(self, model: nn.Module, split: Split, batch_size: int, pad_token_id: int,
-                 device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-        """Dev metrics during training: `score` of the model's logits on `split`."""
-        return evaluate(model, self, split, batch_size, pad_token_id, device, autocast_dtype, progress=False)
-
-    def export(self, model: nn.Module, directory: Path, cfg: dict) -> None:
-        """Files written beside save_task_adapter's in best/ and final/ (none here; MLM adds AdapterHub's layout)."""
-
     def split(self, split: str, tokenizer, max_length: int, path: str | None = None, lang: str = "en",
               max_examples: int | None = None, seed: int = 0) -> Split:
         examples = self.load(split, path, lang)
@@ -123,7 +87,7 @@ class Task:
             keep = sorted(torch.randperm(len(examples), generator=g)[:max_examples].tolist())
             examples = [examples[i] for i in keep]
         if not examples:
-            raise UsageError(f"{self.name} {split} data{' ' + str(path) if path else ''}: no examples")
+            raise ValueError(f"{self.name} {split} data{' ' + str(path) if path else ''}: no examples")
         features = self.encode(examples, tokenizer, max_length, train=split == "train")
         return Split(examples, features, lang, f"{self.name}:{split}:{lang}")
 
@@ -132,13 +96,3 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the batch and the H heads (span QA: (CE_start + CE_end) / 2, as HF)."""
     labels = labels.view(logits.shape[0], -1)  # (B, H)
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-
-
-def load_hub(name: str, *args, split: str, flag: str) -> "datasets.Dataset":
-    """`datasets.load_dataset(name, *args, split=split)`, or a UsageError saying which local flag to use."""
-    import datasets
-    try:
-        return datasets.load_dataset(name, *args, split=split)
-    except Exception as err:  # offline: ConnectionError / DatasetNotFoundError / OSError, depending on version
-        raise UsageError(f"could not load dataset '{name}'{' ' + args[0] if args else ''} ({split}) from the Hugging Face Hub "
-                         f"({type(err).__name__}); offline, pass local files with {flag}") from None

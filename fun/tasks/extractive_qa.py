@@ -1,4 +1,4 @@
-"""XQuAD and MLQA (SPEC §5): train on SQuAD v1.1, select on SQuAD v1.1 dev (F1), test per language; F1 / EM.
+"""XQuAD and MLQA (paper §4): train on SQuAD v1.1, select on SQuAD v1.1 dev (F1), test per language; F1 / EM.
 
 Contexts longer than a window are cut into windows of `max_length` tokens overlapping by the doc stride
 (128 at the paper's 384); a span head scores every token as start and end (logits (2, T) per window);
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fun.data import check_file
+from fun import hub
+from fun.data import Split, check_file
 from fun.heads import QuestionAnsweringHead
 from fun.metrics import qa_metrics
-from fun.model import UsageError
 from fun.qa import decode_predictions, prepare_eval_features, prepare_train_features, read_squad_json
-from fun.tasks.base import Defaults, Split, Task, load_hub
+from fun.tasks.base import Defaults, Task
 
 # paper Table 3 (SQuAD): mBERT 5 epochs lr 5e-4; XLM-R 15 epochs lr 2e-4 / 5e-4 (standard / scheduled); batch 32
 SQUAD_DEFAULTS = Defaults(epochs={"mbert": 5, "xlmr": 15}, lr={"mbert": 5e-4, "xlmr": (2e-4, 5e-4)}, batch_size=32,
@@ -32,11 +32,7 @@ SQUAD_DEFAULTS = Defaults(epochs={"mbert": 5, "xlmr": 15}, lr={"mbert": 5e-4, "x
 
 def read_qa_file(path: str | Path, normalization: str) -> list[dict]:
     """SQuAD v1.1 JSON → examples {id, question, context, answers, normalization}; errors name the file."""
-    path = check_file(path, "SQuAD-format JSON file")
-    try:
-        examples = read_squad_json(path)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    examples = read_squad_json(check_file(path, "SQuAD-format JSON file"))
     return [dict(e, normalization=normalization) for e in examples]
 
 
@@ -71,7 +67,7 @@ class ExtractiveQA(Task):
     normalization = "squad"   # F1/EM normalisation of this task's target-language data
 
     def stride(self, max_length: int) -> int:
-        """The doc stride: 128 at the paper's 384, the same third of the window below it (no CLI flag)."""
+        """The doc stride: 128 at the paper's 384, the same third of the window below it."""
         return min(self.doc_stride, max_length // 3)
 
     def load(self, split: str, path: str | None = None, lang: str = "en") -> list[dict]:
@@ -79,13 +75,9 @@ class ExtractiveQA(Task):
             return read_qa_file(self.local_file(split, path, lang), self.normalization)
         if path is not None:  # --train-file / --dev-file are SQuAD; a test file is this task's data
             return read_qa_file(path, "squad" if split in ("train", "dev") else self.normalization)
-        if split == "train" or (split == "dev" and lang == "en"):
-            flag = "--train-file" if split == "train" else "--dev-file"
-            return hub_examples(load_hub("squad", split="train" if split == "train" else "validation", flag=flag), "squad")
-        return self.hub_test(split, lang)
-
-    def hub_test(self, split: str, lang: str) -> list[dict]:
-        raise NotImplementedError
+        spec = hub.dataset_for(self.name, split, lang)
+        squad = spec in (hub.SQUAD_TRAIN, hub.SQUAD_DEV)  # English training and model-selection data
+        return hub_examples(hub.load_dataset(spec, lang), "squad" if squad else self.normalization)
 
     def encode(self, examples, tokenizer, max_length, train):
         stride = self.stride(max_length)
@@ -99,8 +91,8 @@ class ExtractiveQA(Task):
         except Exception as err:  # the Rust tokenizer: "Sequence to truncate too short ..."
             if "truncat" not in str(err).lower():
                 raise
-            raise UsageError(f"--max-length {max_length} is too short for question + context windows with doc "
-                             f"stride {stride} ({err}); use a larger --max-length (paper: 384)") from None
+            raise ValueError(f"max length {max_length} is too short for question + context windows with doc stride "
+                             f"{stride} ({err}); use a larger one (paper: 384)") from None
 
     def make_head(self, hidden_size, dropout):
         return QuestionAnsweringHead(hidden_size, dropout)
@@ -119,14 +111,8 @@ class XQuAD(ExtractiveQA):
 
     def local_file(self, split: str, directory: str | Path, lang: str) -> Path:
         if split != "test":
-            raise UsageError("XQuAD has only a test set per language (SQuAD dev is the English dev set); "
-                             "use --test-split test")
+            raise ValueError("XQuAD has only a test set per language (SQuAD dev is the English dev set)")
         return Path(directory) / f"xquad.{lang}.json"
-
-    def hub_test(self, split: str, lang: str) -> list[dict]:
-        if split != "test":
-            raise UsageError("XQuAD has only a test set per language; use --test-split test")
-        return hub_examples(load_hub("xquad", f"xquad.{lang}", split="validation", flag="--test-dir"), "squad")
 
 
 class MLQA(ExtractiveQA):
@@ -140,6 +126,3 @@ class MLQA(ExtractiveQA):
         candidates = [Path(directory) / file, Path(directory) / name / file]  # flat, or MLQA_V1/{dev,test}/
         return next((c for c in candidates if c.exists()), candidates[0])
 
-    def hub_test(self, split: str, lang: str) -> list[dict]:
-        rows = load_hub("mlqa", f"mlqa.{lang}.{lang}", split="test" if split == "test" else "validation", flag="--test-dir")
-        return hub_examples(rows, "mlqa")

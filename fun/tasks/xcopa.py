@@ -1,4 +1,4 @@
-"""XCOPA (SPEC §5): train on COPA (400), select on COPA val (100), test XCOPA per language; accuracy.
+"""XCOPA (paper §4): train on COPA (400), select on COPA val (100), test XCOPA per language; accuracy.
 
 Each example becomes one multiple-choice feature: the first segment is the premise followed by a question
 ("What was the cause?" / "What happened as a result?", in English for every language), paired with each
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from fun.data import read_jsonl
+from fun import hub
+from fun.data import Split, read_jsonl
 from fun.heads import MultipleChoiceHead
 from fun.metrics import accuracy
-from fun.model import UsageError
-from fun.tasks.base import Defaults, Split, Task, load_hub
+from fun.tasks.base import Defaults, Task
 
 QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
 FILE_SPLIT = {"train": "train", "dev": "val", "test": "test"}  # our split names → the files' names
@@ -30,15 +30,15 @@ def copa_example(obj: dict, where: str) -> dict:
     """Validate one COPA/XCOPA row; `where` (file:line, or the Hub dataset) goes into the error message."""
     for key in ("premise", "choice1", "choice2"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
-            raise UsageError(f"{where}: expected a non-empty string '{key}' (keys: premise, choice1, choice2, "
+            raise ValueError(f"{where}: expected a non-empty string '{key}' (keys: premise, choice1, choice2, "
                              "question, label)")
     if obj.get("question") not in QUESTIONS:
-        raise UsageError(f"{where}: 'question' is {obj.get('question')!r}; expected 'cause' or 'effect'")
+        raise ValueError(f"{where}: 'question' is {obj.get('question')!r}; expected 'cause' or 'effect'")
     label = obj.get("label")
     if isinstance(label, str) and label.strip() in ("0", "1"):
         label = int(label)
     if label not in (0, 1) or isinstance(label, bool):
-        raise UsageError(f"{where}: 'label' is {label!r}; expected 0 (choice1) or 1 (choice2)")
+        raise ValueError(f"{where}: 'label' is {label!r}; expected 0 (choice1) or 1 (choice2)")
     return dict(premise=obj["premise"], choice1=obj["choice1"], choice2=obj["choice2"],
                 question=obj["question"], label=label)
 
@@ -67,16 +67,10 @@ class XCOPA(Task):
     def load(self, split: str, path: str | None = None, lang: str = "en") -> list[dict]:
         if path is not None:
             return read_copa_file(self.local_file(split, path, lang) if Path(path).is_dir() else path)
-        if lang == "en":
-            if split == "test":  # SuperGLUE hides COPA's test labels (-1)
-                raise UsageError("the English XCOPA test set (the COPA originals) has no labels on the Hub; "
-                                 "pass a local file, e.g. evaluate.py --source-file copa/test.jsonl")
-            name, rows = "super_glue copa", load_hub("super_glue", "copa", split="train" if split == "train" else "validation",
-                                                     flag="--train-file" if split == "train" else "--dev-file")
-        else:
-            name, rows = f"xcopa {lang}", load_hub("xcopa", lang, split="test" if split == "test" else "validation",
-                                                   flag="--test-dir")
-        return [copa_example(dict(r), f"Hub {name} ({split}) row {i}") for i, r in enumerate(rows)]
+        spec = hub.dataset_for(self.name, split, lang)
+        rows = hub.load_dataset(spec, lang)
+        name = f"{spec.id} {spec.args(lang)['name'] or spec.data_dir}"
+        return [copa_example(dict(r), f"Hub {name} ({spec.split}) row {i}") for i, r in enumerate(rows)]
 
     def encode(self, examples, tokenizer, max_length, train):
         # (premise + question, choice) pairs, two per example, flattened then regrouped per example

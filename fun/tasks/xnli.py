@@ -1,4 +1,4 @@
-"""XNLI (SPEC §5): train on MultiNLI, select on XNLI en dev, test XNLI per language; accuracy.
+"""XNLI (paper §4): train on MultiNLI, select on XNLI en dev, test XNLI per language; accuracy.
 
 Local formats: JSONL `{premise, hypothesis, label}` (MultiNLI/our shared subset; also `sentence1/sentence2/
 gold_label`), XTREME TSV `premise<TAB>hypothesis<TAB>label` without header, or the official MultiNLI/XNLI
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from fun.data import read_jsonl, read_tsv
+from fun import hub
+from fun.data import Split, read_jsonl, read_tsv
 from fun.heads import ClassificationHead
 from fun.metrics import accuracy
-from fun.model import UsageError
-from fun.tasks.base import Defaults, Split, Task, load_hub
+from fun.tasks.base import Defaults, Task
 
 LABELS = ("entailment", "neutral", "contradiction")
 LABEL_IDS = {**{name: i for i, name in enumerate(LABELS)}, "contradictory": 2, **{str(i): i for i in range(3)}}
@@ -24,7 +24,7 @@ LABEL_IDS = {**{name: i for i, name in enumerate(LABELS)}, "contradictory": 2, *
 def _label(value, where: str) -> int:
     key = str(value).strip().lower()
     if key not in LABEL_IDS:
-        raise UsageError(f"{where}: label {value!r} is not one of {', '.join(LABELS)} (or 0/1/2)")
+        raise ValueError(f"{where}: label {value!r} is not one of {', '.join(LABELS)} (or 0/1/2)")
     return LABEL_IDS[key]
 
 
@@ -36,7 +36,7 @@ def read_nli_file(path: str | Path) -> list[dict]:
             p, h = obj.get("premise", obj.get("sentence1")), obj.get("hypothesis", obj.get("sentence2"))
             label = obj.get("label", obj.get("gold_label"))
             if p is None or h is None or label is None:
-                raise UsageError(f"{path}:{n}: expected keys premise, hypothesis, label")
+                raise ValueError(f"{path}:{n}: expected keys premise, hypothesis, label")
             examples.append(dict(premise=p, hypothesis=h, label=_label(label, f"{path}:{n}")))
         return examples
     rows = read_tsv(path, "NLI file")
@@ -49,9 +49,9 @@ def read_nli_file(path: str | Path) -> list[dict]:
             try:
                 p, h, label = cols[header["sentence1"]], cols[header["sentence2"]], cols[header["gold_label"]]
             except (KeyError, IndexError):
-                raise UsageError(f"{path}:{n}: row has {len(cols)} columns; expected sentence1, sentence2, gold_label") from None
+                raise ValueError(f"{path}:{n}: row has {len(cols)} columns; expected sentence1, sentence2, gold_label") from None
         elif len(cols) != 3:
-            raise UsageError(f"{path}:{n}: expected 3 tab-separated columns premise, hypothesis, label; got {len(cols)}")
+            raise ValueError(f"{path}:{n}: expected 3 tab-separated columns premise, hypothesis, label; got {len(cols)}")
         else:
             p, h, label = cols
         examples.append(dict(premise=p, hypothesis=h, label=_label(label, f"{path}:{n}")))
@@ -74,11 +74,7 @@ class XNLI(Task):
     def load(self, split: str, path: str | None = None, lang: str = "en") -> list[dict]:
         if path is not None:
             return read_nli_file(self.local_file(split, path, lang) if Path(path).is_dir() else path)
-        if split == "train":
-            rows = load_hub("multi_nli", split="train", flag="--train-file")
-        else:
-            rows = load_hub("xnli", lang, split="validation" if split == "dev" else "test",
-                            flag="--dev-file" if split == "dev" else "--test-dir")
+        rows = hub.load_dataset(hub.dataset_for(self.name, split, lang), lang)
         return [dict(premise=r["premise"], hypothesis=r["hypothesis"], label=int(r["label"])) for r in rows
                 if int(r["label"]) in (0, 1, 2)]  # MultiNLI marks pairs without a gold label with -1
 

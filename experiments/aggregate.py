@@ -1,7 +1,7 @@
 """Paper-style tables from a sweep: Table 2 (English, lowest language, average without English; mean ± std
 over seeds), per-language Tables 8-10, the realised unfreeze orders, and the random-permutation grouping.
 
-    python aggregate.py runs/sweep --split test --out runs/sweep/tables
+    python -m experiments.aggregate runs/sweep --split test --out runs/sweep/tables
 
 Reads every run directory under the roots (config.json, results-*.json from evaluate.py, schedule.json) and
 groups runs by (test set, model, method). Method: the sweep's run name (ROOT/NAME/seedS) without its
@@ -22,14 +22,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from fun.model import UsageError
-from fun.presets import model_tag
+import cli
+from cli import UsageError
+from fun.hub import model_tag
+from fun.run import RESULTS_NAME
 from fun.schedules import SCHEDULES
 from fun.tasks import TASKS
 
 METHOD_ORDER = ("standard", "rand", "lpft", "gu", "gu-rev", "fun", "full")  # paper rows first, others after
 TASK_ORDER = ("mlqa", "xquad", "xcopa", "xnli")                              # paper Table 2's columns
-RESULTS = re.compile(r"results(?:-(?P<task>[a-z]+))?-(?P<split>test|dev)(?P<final>-final)?\.json")
 
 
 @dataclass
@@ -112,7 +113,7 @@ def load(roots: list[Path], split: str, checkpoint: str) -> tuple[list[Result], 
             runs[run_dir] = (tag, method, cfg.get("schedule"), cfg.get("seed"), realised_order(run_dir, cfg))
             found = False
             for path in sorted(run_dir.glob("results-*.json")):
-                m = RESULTS.fullmatch(path.name)
+                m = RESULTS_NAME.fullmatch(path.name)
                 if not m or m["split"] != split or bool(m["final"]) != (checkpoint == "final"):
                     continue
                 try:
@@ -317,7 +318,7 @@ def aggregate(roots: list[Path], split: str = "test", out: Path | None = None, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("roots", nargs="+", type=Path, help="sweep directories (or run directories)")
     p.add_argument("--split", default="test", choices=("test", "dev"), help="which results-*.json (evaluate.py --test-split)")
     p.add_argument("--checkpoint", default="best", choices=("best", "final"), help="results of best/ or final/")
@@ -325,15 +326,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="Lowest column: the language of the model's standard row (paper) or each method's own")
     p.add_argument("--delta", type=float, default=1.0, help="permutation study: group runs within this many points")
     p.add_argument("--out", type=Path, help="write tables.md and CSV files here")
-    args = p.parse_args(argv)
-    try:
+    def run() -> int:
+        args = p.parse_args(argv)
         if args.delta < 0:
             raise UsageError(f"--delta {args.delta}: must be >= 0")
         print(aggregate(args.roots, args.split, args.out, args.checkpoint, args.lowest, args.delta), end="")
         return 0
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.main(run)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Named presets for every configuration in the paper: `train.py --preset xnli-mbert-gu --seed 1`.
+"""Named presets for every configuration in the paper: `python train.py --preset xnli-mbert-gu --seed 1`.
 
-A preset is the train.py flags (argparse dest → value) of one paper configuration, named
-task-model-schedule[-size]. `parse_args` makes them the parser's defaults, so flags given on the command
-line override them; config.json records the resolved run (and the preset's name).
+A preset is the settings (fun/config.py `TrainConfig` fields → values) of one paper configuration, named
+task-model-schedule[-size]. train.py starts from them, flags given on the command line override them, and
+config.json records the resolved run (and the preset's name).
 
-Sources: paper Table 3 (= SPEC §5) for the main runs — read from the tasks' `Defaults` (fun/tasks/*), where
+Sources: paper Table 3 for the main runs — read from the tasks' `Defaults` (fun/tasks/*), where
 Table 3 lives once; Table 4 and appendix F.2 for reduced data (1k/5k/10k examples); appendix F.1 for
 reverse GU; appendix F.3 for mDeBERTa (no hyperparameters given: mBERT's, as the tasks' defaults say).
 `full` (full fine-tuning, the baseline of Fig. 2 / Table 7) has no hyperparameters in the paper; ours are
@@ -16,16 +16,13 @@ test set evaluate.py uses by default). A sweep that asks for both trains one run
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from pathlib import Path
 
-from fun.model import UsageError
+from fun.hub import MODELS
 from fun.tasks import TASKS
 
-MODELS = {"mbert": "bert-base-multilingual-cased", "xlmr": "xlm-roberta-base", "mdeberta": "microsoft/mdeberta-v3-base"}
 TRAIN_DATA = {"xnli": "MultiNLI", "xcopa": "COPA", "xquad": "SQuAD", "mlqa": "SQuAD"}
 SCHEDULED_MAIN = ("lpft", "gu", "rand", "fun")          # Table 2 (+Rand, +GU, +FUN) and Fig. 2 (+LPFT)
 SIZES = {"1k": 1000, "5k": 5000, "10k": 10000}          # Table 1 / 12: random training subsamples
@@ -100,16 +97,11 @@ def _build() -> dict[str, Preset]:
 PRESETS: dict[str, Preset] = _build()
 
 
-def model_tag(model: str) -> str:
-    """mbert / xlmr / mdeberta for the paper's Hub ids, else the model directory's name (names runs and rows)."""
-    return next((tag for tag, hub in MODELS.items() if hub == model), None) or Path(model.rstrip("/")).name
-
-
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see --list-presets"
-        raise UsageError(f"--preset {name}: unknown preset{hint}")
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see python train.py --list-presets"
+        raise ValueError(f"{name}: unknown preset{hint}")
     return PRESETS[name]
 
 
@@ -123,7 +115,7 @@ def expand(patterns: str) -> list[str]:
         else:
             matched = [get_preset(pattern).name]
         if not matched:
-            raise UsageError(f"--presets {pattern}: matches no preset; see python train.py --list-presets")
+            raise ValueError(f"{pattern}: matches no preset; see python train.py --list-presets")
         names += [n for n in matched if n not in names]
     return names
 
@@ -139,25 +131,3 @@ def format_table(presets=None) -> str:
                      f"{f['epochs']:g}", str(f["batch_size"]), f["lr_schedule"], str(f.get("fisher_every") or "—"),
                      f"{f['max_train_samples']:,}" if f.get("max_train_samples") else "all", p.source))
     return "\n".join("| " + " | ".join(r) + " |" for r in (rows[0], ["---"] * len(rows[0]), *rows[1:]))
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace | None:
-    """Parse train.py's arguments with `--preset NAME` as defaults under the explicit flags.
-
-    Returns None after printing the table for `--list-presets`."""
-    group = parser.add_argument_group("presets (paper configurations; fun/presets.py)")
-    group.add_argument("--preset", help="start from a paper configuration (task-model-schedule[-size]); "
-                                        "flags given explicitly override its values")
-    group.add_argument("--list-presets", action="store_true", help="print the presets as a table and exit")
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--preset")
-    first.add_argument("--list-presets", action="store_true")
-    known, _ = first.parse_known_args(argv)
-    if known.list_presets:
-        print(format_table())
-        return None
-    if known.preset is not None:
-        parser.set_defaults(**get_preset(known.preset).flags)
-    args = parser.parse_args(argv)
-    del args.list_presets  # not a run setting: keep config.json (and --resume's comparison) free of it
-    return args

@@ -1,12 +1,12 @@
 """Multi-seed sweeps: seeds × presets (and/or tasks × schedules), one run after another or one per GPU.
 
-    python sweep.py --presets xnli-mbert-standard,xnli-mbert-gu --seeds 1,2,3 --root runs/sweep
-    python sweep.py --tasks xnli --schedules standard,gu,fun --seeds 1,2,3 --root runs/e5 \\
+    python -m experiments.sweep --presets xnli-mbert-standard,xnli-mbert-gu --seeds 1,2,3 --root runs/sweep
+    python -m experiments.sweep --tasks xnli --schedules standard,gu,fun --seeds 1,2,3 --root runs/e5 \\
         --extra "--model ../shared/models/multilingual-e5-small --train-file ... --max-steps 300" \\
         --evaluate "--test-dir ../shared/data/xnli --test-split dev"
-    python sweep.py --presets 'xnli-*-gu' --seeds 1,2 --root runs/sweep --gpus all     # one run per GPU
-    python sweep.py ... --emit slurm > jobs.sh && sbatch jobs.sh                         # a Slurm array
-    python sweep.py --presets xnli-mbert-gu --permutations 9 --perm-seed 0 --root runs/perm   # paper Fig. 4
+    python -m experiments.sweep --presets 'xnli-*-gu' --seeds 1,2 --root runs/sweep --gpus all     # one run per GPU
+    python -m experiments.sweep ... --emit slurm > jobs.sh && sbatch jobs.sh                         # a Slurm array
+    python -m experiments.sweep --presets xnli-mbert-gu --permutations 9 --perm-seed 0 --root runs/perm   # paper Fig. 4
 
 Run i lives in ROOT/NAME/seedS (NAME: the preset, or TASK[-MODEL]-SCHEDULE). Every run is decided from its
 directory when its turn comes (`run_status`), so a sweep can be stopped and started again at any time:
@@ -32,12 +32,14 @@ from math import factorial
 from pathlib import Path
 from typing import Callable
 
-from fun.model import UsageError
-from fun.presets import MODELS, PRESETS, expand, model_tag, parse_args as parse_train_args
+import cli
+from cli import UsageError, blame
+from experiments.presets import PRESETS, expand
+from fun.hub import MODELS, model_tag
+from fun.run import SPLIT_NAMES, results_path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # the repository: train.py and evaluate.py
 MANAGED = ("--seed", "--output-dir", "--resume", "--overwrite", "--preset")  # the sweep sets these per run
-EVAL_SPLITS = {"test": "test", "dev": "dev", "val": "dev"}                  # evaluate.py --test-split → file name
 
 
 @dataclass
@@ -90,7 +92,7 @@ def sample_permutations(n: int, num_layers: int = 12, seed: int = 0) -> list[lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run (presets and/or tasks × schedules, × seeds)")
     g.add_argument("--presets", help="comma-separated preset names or patterns ('xnli-mbert-*'); see train.py --list-presets")
     g.add_argument("--tasks", help="comma-separated tasks, crossed with --schedules (and --models)")
@@ -161,13 +163,12 @@ def parse_evaluations(values: list[str]) -> dict[str | None, list[str]]:
 
 
 def results_file(run: Run, task: str, flags: list[str]) -> Path:
-    """The file evaluate.py writes: RUN/results[-TASK]-SPLIT[-final].json (TASK when not the run's own)."""
+    """The file evaluate.py writes for these flags (fun.run.results_path)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--test-split", default="test", choices=tuple(EVAL_SPLITS))
+    p.add_argument("--test-split", default="test", choices=tuple(SPLIT_NAMES))
     p.add_argument("--checkpoint", default="best")
     known, _ = p.parse_known_args(flags)
-    suffix = (f"-{task}" if task != run.task else "") + f"-{EVAL_SPLITS[known.test_split]}"
-    return run.dir / f"results{suffix}{'-final' if known.checkpoint == 'final' else ''}.json"
+    return results_path(run.dir, task, run.task, known.test_split, known.checkpoint)
 
 
 def evaluations_for(run: Run, evaluations: dict[str | None, list[str]]) -> list[tuple[str, list[str], Path]]:
@@ -200,7 +201,9 @@ def plan(args: argparse.Namespace) -> list[Run]:
 
     bases: list[tuple[str, list[str], str, list[str]]] = []   # (name, train.py flags, task, eval tasks)
     by_training: dict[tuple, list[str]] = {}
-    for name in expand(args.presets or ""):
+    with blame("--presets"):
+        names = expand(args.presets or "")
+    for name in names:
         preset = PRESETS[name]
         if preset.training in by_training:  # mlqa-X after xquad-X (or vice versa): one SQuAD run, two test sets
             by_training[preset.training].append(preset.flags["task"])
@@ -236,15 +239,14 @@ def plan(args: argparse.Namespace) -> list[Run]:
 def validate(runs: list[Run]) -> None:
     """Resolve every run's train.py flags (no training) so a typo fails now, not hours into the sweep."""
     import train
+    from fun.config import resolve
 
     for run in runs:
-        parser = train.build_parser()
-
-        def error(message: str, run: Run = run) -> None:
-            raise UsageError(f"{run.name}: train.py {message}")
-
-        parser.error = error
-        train.resolve(parse_train_args(parser, run.train_argv()))
+        try:
+            with cli.blame_config():
+                resolve(train.parse_config(run.train_argv()))
+        except UsageError as err:
+            raise UsageError(f"{run.name}: train.py {err}") from None
 
 
 def visible_gpus(value: str | None) -> list[str | None]:
@@ -425,35 +427,35 @@ def slurm_script(runs: list[Run], args: argparse.Namespace) -> str:
              *(f"#   {i}: {run.dir}" for i, run in enumerate(runs)),
              "set -euo pipefail",
              f"cd {shlex.quote(str(Path.cwd()))}",
-             shlex.join(["srun", "python", script("sweep.py"), *sweep_argv(args)]) + ' --index "$SLURM_ARRAY_TASK_ID"']
+             *([] if Path.cwd().resolve() == HERE else [f"export PYTHONPATH={shlex.quote(str(HERE))}"]),
+             shlex.join(["srun", "python", "-m", "experiments.sweep", *sweep_argv(args)]) + ' --index "$SLURM_ARRAY_TASK_ID"']
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, launch: Launch | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        runs = plan(args)
-        evaluations = parse_evaluations(args.evaluate)
-        if args.index is not None:
-            if not 0 <= args.index < len(runs):
-                raise UsageError(f"--index {args.index}: the sweep has runs 0..{len(runs) - 1}")
-            runs = [runs[args.index]]
-        slots = visible_gpus(args.gpus)
-        validate(runs)
-        for task in set(evaluations) - {None} - {t for run in runs for t in run.eval_tasks}:
-            print(f"warning: --evaluate --task {task}: no run of this sweep is for {task}; ask for it "
-                  f"({task}-* presets or --tasks {task}) to evaluate on it", file=sys.stderr)
-        if args.emit == "commands":
-            print("\n".join(command_line(run, evaluations) for run in runs))
-            return 0
-        if args.emit == "slurm":
-            Path(args.root).mkdir(parents=True, exist_ok=True)  # Slurm opens --output there before the script runs
-            print(slurm_script(runs, args))
-            return 0
-        return Sweep(runs, evaluations, args.python, slots, launch)()
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.main(lambda: sweep(build_parser().parse_args(argv), launch))
+
+
+def sweep(args: argparse.Namespace, launch: Launch | None) -> int:
+    runs = plan(args)
+    evaluations = parse_evaluations(args.evaluate)
+    if args.index is not None:
+        if not 0 <= args.index < len(runs):
+            raise UsageError(f"--index {args.index}: the sweep has runs 0..{len(runs) - 1}")
+        runs = [runs[args.index]]
+    slots = visible_gpus(args.gpus)
+    validate(runs)
+    for task in set(evaluations) - {None} - {t for run in runs for t in run.eval_tasks}:
+        print(f"warning: --evaluate --task {task}: no run of this sweep is for {task}; ask for it "
+              f"({task}-* presets or --tasks {task}) to evaluate on it", file=sys.stderr)
+    if args.emit == "commands":
+        print("\n".join(command_line(run, evaluations) for run in runs))
+        return 0
+    if args.emit == "slurm":
+        Path(args.root).mkdir(parents=True, exist_ok=True)  # Slurm opens --output there before the script runs
+        print(slurm_script(runs, args))
+        return 0
+    return Sweep(runs, evaluations, args.python, slots, launch)()
 
 
 if __name__ == "__main__":

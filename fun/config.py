@@ -1,0 +1,178 @@
+"""Every setting of a training run in one dataclass, with the paper's defaults resolved in one place.
+
+`TrainConfig` holds what `train.py` accepts (its flags are generated from these fields: `batch_size` is
+`--batch-size`) and what `config.json` records. Fields left at None take the paper's value for the task, the
+model family and the schedule in `resolve` (paper Table 3, kept per task in `fun/tasks/`); `check` refuses
+settings that cannot work together, naming the field at fault (`ConfigError.field`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from fun.hub import model_family
+from fun.schedules import SCHEDULES, validate_order
+
+TASK_NAMES = ("xnli", "xcopa", "xquad", "mlqa", "mlm")  # mlm: train a language adapter (fun/mlm.py)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; `field` names it (train.py reports it as that field's flag)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def option(default, help: str, group: str | None = None, **cli):
+    """A field with its one-line doc; `group` opens a section of `--help`, `cli` adds argparse settings."""
+    return field(default=default, metadata=dict(help=help, group=group, **cli))
+
+
+@dataclass
+class TrainConfig:
+    task: str = option("xnli", "task to train: " + ", ".join(TASK_NAMES), group="what to train", choices=TASK_NAMES)
+    model: str = option("google-bert/bert-base-multilingual-cased", "encoder: Hub id or local model directory")
+    train_file: str | None = option(None, "local training file in the official format (default: the Hub dataset)")
+    dev_file: str | None = option(None, "local English dev file for model selection (default: the Hub dataset)")
+    lang_adapter: str | None = option(None, "source-language adapter stacked under the task adapter, frozen: "
+                                            "AdapterHub directory or Hub id, or a --task mlm run's best/ (DIR or en=DIR)")
+    output_dir: str | None = option(None, "run directory", required=True)
+    preset: str | None = option(None, "start from a paper configuration (python train.py --list-presets); "
+                                      "flags given explicitly override its values")
+
+    lang: str | None = option(None, "language of the --task mlm text (names the adapter), e.g. sw",
+                              group="language adapter training (--task mlm; paper App. B)")
+    lang_reduction_factor: int = option(2, "language adapter: bottleneck = hidden // rf", positive=True)
+    lang_activation: str = option("relu", "language adapter activation (a transformers ACT2FN name)")
+    mlm_head: str = option("pretrained", "pretrained: the checkpoint's MLM head, frozen; new: train a fresh one "
+                                         "(encoders without one)", choices=("pretrained", "new"))
+    mlm_probability: float = option(0.15, "share of tokens masked (80% mask / 10% random / 10% kept)")
+
+    schedule: str = option("standard", "unfreezing schedule: " + ", ".join(SCHEDULES),
+                           group="schedule (paper Algorithm 1)", choices=tuple(SCHEDULES))
+    k: int | None = option(None, "unfreeze interval k in steps (default: the paper's for task, model, schedule)",
+                           positive=True)
+    order: list[int] | None = option(None, "fixed unfreeze order for --schedule order, e.g. 10,1,0,3,9,6,8,2,5,7,4",
+                                     parse="int_list")
+    unfreeze_per_step: int = option(1, "m adapters per unfreeze step (paper footnote 12)", positive=True)
+    reduction_factor: int = option(16, "task adapter: bottleneck = hidden // rf", positive=True)
+
+    epochs: float | None = option(None, "training epochs, ignored with --max-steps (default: paper Table 3)",
+                                  group="optimisation (paper Table 3 defaults per task, model and schedule)")
+    max_steps: int | None = option(None, "total optimizer steps N (default: epochs x steps per epoch)", positive=True)
+    batch_size: int | None = option(None, "examples per step", positive=True)
+    lr: float | None = option(None, "AdamW learning rate")
+    lr_schedule: str | None = option(None, "no warmup; linear decays to 0 at step N", choices=("constant", "linear"))
+    weight_decay: float = option(0.0, "AdamW weight decay (frozen adapters get none: they have no gradient)")
+    max_grad_norm: float = option(1.0, "gradient clipping")
+    max_length: int | None = option(None, "max tokens per input (QA: window length)", positive=True)
+    max_train_samples: int | None = option(None, "seeded random subsample of the training set (paper Table 1)",
+                                           positive=True)
+    max_dev_samples: int | None = option(None, "seeded random subsample of the dev set", positive=True)
+    seed: int = option(1, "seed of everything random: data order, init, dropout, rand, tr(F) samples")
+    no_dropout: bool = option(False, "run encoder and head in eval mode (paper: dropout on)")
+    group_by_length: bool = option(False, "batch examples of similar length: less padding, faster "
+                                          "(Hugging Face Trainer's group_by_length)")
+
+    eval_every: int | None = option(None, "evaluate on the English dev set every N steps (default: each epoch)",
+                                    group="evaluation, logging, checkpoints", positive=True)
+    eval_batch_size: int = option(64, "examples per evaluation batch", positive=True)
+    log_every: int = option(10, "write a log.jsonl line every N steps", positive=True)
+    save_every: int = option(500, "write checkpoint.pt every N steps (0: only at the end)")
+    resume: bool = option(False, "continue the run in --output-dir from checkpoint.pt")
+    overwrite: bool = option(False, "replace a run already in --output-dir")
+
+    fisher_every: int = option(0, "log tr(F) every N steps (paper: 100; 50 for XCOPA)",
+                               group="Fisher information (paper Eq. 1)")
+    fisher_log_batches: int = option(4, "training batches per logged tr(F)", positive=True)
+    fisher_batches: int = option(40, "training batches per FUN selection (paper: 40)", positive=True)
+    fisher_batch_size: int | None = option(None, "examples per tr(F) batch (default: --batch-size)", positive=True)
+    fisher_labels: str = option("sample", "y in log p(y|x): sampled (Eq. 1), closed-form expectation, argmax "
+                                          "(released code), gold (empirical Fisher)",
+                                choices=("sample", "exact", "argmax", "true"))
+    fisher_estimator: str = option("per-sample", "per-sample (Eq. 1) or batch (Algorithm 2 as released)",
+                                   choices=("per-sample", "batch"))
+    fisher_chunk_size: int | None = option(None, "examples per vmap chunk (bounds memory)", positive=True)
+
+    device: str | None = option(None, "cuda or cpu (default: cuda when available)", group="hardware")
+    bf16: bool = option(False, "CUDA autocast to bfloat16 (fp32 master weights)")
+    fp16: bool = option(False, "CUDA autocast to float16 with loss scaling")
+    threads: int | None = option(None, "torch CPU threads", positive=True)
+    no_progress: bool = option(False, "no progress bar")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Settings that may differ between a run and its resumption: they do not change what is computed.
+RESUMABLE = frozenset({"resume", "overwrite", "save_every", "no_progress", "threads", "device"})
+
+
+def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
+    """`cfg` with every None filled in: paper Table 3 for the task, model family and schedule; then `check`ed."""
+    from fun.tasks import TASKS
+    from fun.mlm import MLM_DEFAULTS
+
+    if cfg.task not in TASK_NAMES:
+        raise ConfigError("task", f"unknown task; choose one of {', '.join(TASK_NAMES)}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError("schedule", f"unknown schedule; choose one of {', '.join(SCHEDULES)}")
+    defaults = MLM_DEFAULTS if cfg.task == "mlm" else TASKS[cfg.task].defaults
+    try:
+        family = model_family(cfg.model)
+    except OSError as err:
+        raise ConfigError("model", str(err)) from None
+    scheduled = cfg.schedule not in ("standard", "full")
+    batch_size = cfg.batch_size or defaults.batch_size
+    cfg = dataclasses.replace(
+        cfg, lr=cfg.lr or defaults.get("lr", family, scheduled),
+        epochs=cfg.epochs or defaults.get("epochs", family, scheduled), batch_size=batch_size,
+        max_length=cfg.max_length or defaults.max_length, lr_schedule=cfg.lr_schedule or defaults.lr_schedule,
+        fisher_batch_size=cfg.fisher_batch_size or batch_size,
+        k=cfg.k if cfg.k is not None else defaults.get_k(family, cfg.schedule),
+        device=cfg.device or ("cuda" if cuda_available else "cpu"))
+    check(cfg)
+    return cfg
+
+
+def check(cfg: TrainConfig) -> None:
+    """Refuse combinations that cannot work (ConfigError naming the field to change)."""
+    if cfg.epochs <= 0:
+        raise ConfigError("epochs", "must be positive")
+    if cfg.lr <= 0:
+        raise ConfigError("lr", "must be positive")
+    if cfg.save_every < 0:
+        raise ConfigError("save_every", "must be 0 (only at the end) or positive")
+    if cfg.fisher_every < 0:
+        raise ConfigError("fisher_every", "must be 0 (off) or positive")
+    if cfg.order is not None and cfg.schedule != "order":
+        raise ConfigError("order", "goes with --schedule order")
+    if cfg.schedule == "order":
+        if not cfg.order:
+            raise ConfigError("schedule", "order needs --order, e.g. --order 10,1,0,3,9,6,8,2,5,7,4")
+        try:
+            validate_order(cfg.order)  # against the layer count once the model is loaded
+        except ValueError as err:
+            raise ConfigError("order", str(err)) from None
+    if cfg.bf16 and cfg.fp16:
+        raise ConfigError("fp16", "--bf16 and --fp16 exclude each other")
+    if (cfg.bf16 or cfg.fp16) and not cfg.device.startswith("cuda"):
+        raise ConfigError("bf16" if cfg.bf16 else "fp16", "autocast is for CUDA devices; on CPU train in float32")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("overwrite", "--resume and --overwrite exclude each other")
+    if cfg.fisher_every and not SCHEDULES[cfg.schedule].adapters:
+        raise ConfigError("fisher_every", "measures task adapters; --schedule full has none")
+    if cfg.task == "mlm":
+        if not cfg.lang:
+            raise ConfigError("lang", "--task mlm needs the language code of the text (it names the adapter), "
+                                      "e.g. --lang sw")
+        if cfg.schedule != "standard" or cfg.fisher_every:
+            field = "schedule" if cfg.schedule != "standard" else "fisher_every"
+            raise ConfigError(field, "--task mlm trains a whole language adapter (--schedule standard); schedules, "
+                                     "full fine-tuning and tr(F) are for task adapters")
+        if cfg.lang_adapter:
+            raise ConfigError("lang_adapter", "--task mlm trains a language adapter on its own; leave it out")
+        if not 0.0 < cfg.mlm_probability < 1.0:
+            raise ConfigError("mlm_probability", "must be between 0 and 1")
