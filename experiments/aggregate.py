@@ -239,6 +239,72 @@ def language_table(rows: list[Row]) -> tuple[str, list[dict]]:
     return "\n".join(md), records
 
 
+# two-sided 95% critical values of Student's t for df = 1..30 (beyond: the normal's 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def paired_t_interval(diffs: list[float]) -> tuple[float, float | None, float | None]:
+    """(mean, 95% interval low, high) of paired differences, by the t distribution over the pairs (seeds)."""
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, None, None
+    half = (T975[len(diffs) - 2] if len(diffs) - 1 <= len(T975) else 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def bootstrap_interval(table: list[list[float]], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of a (seeds × languages) table of paired differences, resampling seeds
+    and languages independently with replacement (a two-way bootstrap)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    values = np.asarray(table, dtype=float)  # (S, L)
+    rows = rng.integers(values.shape[0], size=(resamples, values.shape[0]))
+    cols = rng.integers(values.shape[1], size=(resamples, values.shape[1]))
+    means = np.array([values[r][:, c].mean() for r, c in zip(rows, cols)])
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_differences(rows: list[Row], baseline: str = "standard") -> tuple[str, list[dict]]:
+    """Each method against `baseline` on the seeds both ran (the same seed: the same data order and initial
+    adapters): the mean paired difference of the target-language average and of English, a 95% interval from a
+    paired t over seeds, and a 95% two-way bootstrap interval over seeds × target languages."""
+    md = [f"| model | method − {baseline} | seeds | Δ average (targets) | 95% CI, paired t over seeds | "
+          f"95% CI, bootstrap seeds × languages | Δ English | 95% CI, paired t |", "|---|---|---|---|---|---|---|---|"]
+    records = []
+    fmt = lambda x: "–" if x is None else f"{x:+.2f}"  # noqa: E731
+    for base in (r for r in rows if r.method == baseline):
+        metric = base.metrics[0]
+        by_seed = {r.seed: r for r in base.results}
+        for row in (r for r in rows if r.model == base.model and r.method != baseline):
+            pairs = [(by_seed[r.seed], r) for r in row.results if r.seed in by_seed]
+            if not pairs:
+                continue
+            langs = sorted(set.intersection(*(set(b.per_language) & set(r.per_language) for b, r in pairs)))
+            avg = [r.average[metric] - b.average[metric] for b, r in pairs]
+            english = [r.source[metric] - b.source[metric] for b, r in pairs if metric in r.source and metric in b.source]
+            table = [[r.per_language[lang][metric] - b.per_language[lang][metric] for lang in langs] for b, r in pairs]
+            mean, low, high = paired_t_interval(avg)
+            b_low, b_high = bootstrap_interval(table) if langs else (None, None)
+            e_mean, e_low, e_high = paired_t_interval(english) if english else (None, None, None)
+            md.append(f"| {row.model} | {row.method} | {len(pairs)} | {fmt(mean)} | [{fmt(low)}, {fmt(high)}] | "
+                      f"[{fmt(b_low)}, {fmt(b_high)}] | {fmt(e_mean)} | [{fmt(e_low)}, {fmt(e_high)}] |")
+            records.append(dict(task=row.task, model=row.model, method=row.method, baseline=baseline, seeds=len(pairs),
+                                languages=len(langs), diff_avg=mean, t_low=low, t_high=high, boot_low=b_low,
+                                boot_high=b_high, diff_en=e_mean, en_t_low=e_low, en_t_high=e_high))
+    return "\n".join(md), records
+
+
+def kendall_tau(order: list[int], reference: list[int]) -> float:
+    """Kendall's τ between two orders of the same items: +1 the same order, −1 reversed."""
+    position = {item: i for i, item in enumerate(reference)}
+    ranks = [position[item] for item in order]
+    n = len(ranks)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    concordant = sum(1 for i, j in pairs if ranks[i] < ranks[j])
+    return (2 * concordant - len(pairs)) / len(pairs) if pairs else 1.0
+
+
 def permutation_groups(rows: list[Row], delta: float) -> tuple[str, list[dict]]:
     """Footnote 9 grouping of the `order` runs (permutation study) per model, on the mean average over seeds."""
     md, records = [], []
@@ -270,7 +336,9 @@ def orders_section(runs: dict) -> str:
     ordered = sorted(runs.items(), key=lambda kv: (kv[1][0], method_key(kv[1][1]), kv[1][3] or 0))
     for run_dir, (model, method, schedule, seed, order) in ordered:
         if schedule in ("fun", "rand", "order") and order:
-            lines.append(f"- {model} {method} seed {seed}: [{', '.join(map(str, order))}]  ({run_dir})")
+            top_down = sorted(order, reverse=True)
+            lines.append(f"- {model} {method} seed {seed}: [{', '.join(map(str, order))}], Kendall τ with top-down "
+                         f"{kendall_tau(order, top_down):+.2f}  ({run_dir})")
     if not lines:
         return ""
     return "## Realised unfreeze orders (first: trainable from step 0)\n\n" + "\n".join(lines)
@@ -285,7 +353,7 @@ def write_csv(path: Path, records: list[dict]) -> None:
 
 
 def aggregate(roots: list[Path], split: str = "test", out: Path | None = None, checkpoint: str = "best",
-              lowest: str = "block", delta: float = 1.0) -> str:
+              lowest: str = "block", delta: float = 1.0, paired: str = "standard") -> str:
     """Build every table; write tables.md and the CSV files to `out` (if given); return the markdown."""
     results, missing, runs = load(roots, split, checkpoint)
     if not results:
@@ -301,6 +369,10 @@ def aggregate(roots: list[Path], split: str = "test", out: Path | None = None, c
         sections += [f"## {task}: {split} (mean ± sample std over seeds; {lowest_note})\n\n{md2}",
                      f"### {task}: per language (mean over seeds; paper Tables 8-10)\n\n{mdl}"]
         files.update({f"table2-{task}.csv": rec2, f"languages-{task}.csv": recl})
+        mdd, recd = paired_differences(rows, paired)
+        if recd:
+            sections.append(f"### {task}: paired differences against {paired} (same seeds)\n\n{mdd}")
+            files[f"paired-{task}.csv"] = recd
         if recp:
             sections.append(f"### {task}: random-permutation study (paper Fig. 4)\n{mdp}")
             files[f"permutation-groups-{task}.csv"] = recp
@@ -325,12 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lowest", default="block", choices=("block", "method"),
                    help="Lowest column: the language of the model's standard row (paper) or each method's own")
     p.add_argument("--delta", type=float, default=1.0, help="permutation study: group runs within this many points")
+    p.add_argument("--paired", default="standard", help="the method every other is compared with, seed by seed")
     p.add_argument("--out", type=Path, help="write tables.md and CSV files here")
     def run() -> int:
         args = p.parse_args(argv)
         if args.delta < 0:
             raise UsageError(f"--delta {args.delta}: must be >= 0")
-        print(aggregate(args.roots, args.split, args.out, args.checkpoint, args.lowest, args.delta), end="")
+        print(aggregate(args.roots, args.split, args.out, args.checkpoint, args.lowest, args.delta, args.paired), end="")
         return 0
     return cli.main(run)
 

@@ -259,3 +259,27 @@ def test_permutation_sweep_and_grouping_in_tables(tmp_path, capsys):
 def test_one_seed_shows_std_as_dash():
     assert aggregate.cell([61.0]) == "61.00 ± –"
     assert aggregate.cell([60.0, 62.0]) == "61.00 ± 1.41"
+
+
+def test_paired_differences_t_interval_bootstrap_and_kendall_tau(tmp_path):
+    mean, low, high = aggregate.paired_t_interval([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
+    assert mean == 2.0 and low == pytest.approx(2 - 4.303 / 3 ** 0.5) and high == pytest.approx(2 + 4.303 / 3 ** 0.5)
+    assert aggregate.bootstrap_interval([[0.5, 0.5], [0.5, 0.5]]) == (0.5, 0.5)
+    assert aggregate.kendall_tau([3, 2, 1, 0], [3, 2, 1, 0]) == 1.0
+    assert aggregate.kendall_tau([0, 1, 2, 3], [3, 2, 1, 0]) == -1.0
+    assert aggregate.kendall_tau([3, 1, 2, 0], [3, 2, 1, 0]) == pytest.approx(1 - 2 / 6)
+
+    def result(method, seed, de, sw, en):
+        return aggregate.Result("xnli", "e5", method, seed, {"accuracy": en}, {"accuracy": (de + sw) / 2},
+                                {"de": {"accuracy": de}, "sw": {"accuracy": sw}}, "accuracy", tmp_path, method)
+
+    rows = aggregate.build_rows([result("standard", 1, 50, 40, 70), result("standard", 2, 52, 40, 72),
+                                 result("gu", 1, 52, 44, 69), result("gu", 2, 53, 43, 72),
+                                 result("gu", 3, 60, 60, 80)])["xnli"]  # seed 3 has no standard run: not paired
+    md, records = aggregate.paired_differences(rows)
+    (gu,) = records
+    assert gu["method"] == "gu" and gu["seeds"] == 2 and gu["languages"] == 2
+    assert gu["diff_avg"] == pytest.approx(((52 + 44) / 2 - 45 + (53 + 43) / 2 - 46) / 2)  # +2.5
+    assert gu["diff_en"] == pytest.approx(-0.5)
+    assert gu["t_low"] < gu["diff_avg"] < gu["t_high"] and gu["boot_low"] <= gu["diff_avg"] <= gu["boot_high"]
+    assert "| e5 | gu | 2 | +2.50 |" in md
