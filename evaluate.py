@@ -23,6 +23,7 @@ import cli
 from cli import UsageError, blame, positive_int
 from fun.adapters import AdapterSet
 from fun.evaluation import evaluate
+from fun.hub import LANG_ADAPTERS, MODELS, model_tag
 from fun.model import AdapterModel, freeze, load_adapter_weights, load_encoder, read_adapter_config
 from fun.run import SPLIT_NAMES, results_path
 from fun.tasks import TASKS, Task
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test", choices=tuple(SPLIT_NAMES), help="per-language test or dev/val sets")
     p.add_argument("--languages", help="comma-separated target languages (default: all of the task's); English "
                                        "is always evaluated as the source")
-    p.add_argument("--lang-adapters", help="target language adapters, de=PATH,es=PATH (en=PATH overrides the run's)")
+    p.add_argument("--lang-adapters", help="target language adapters, de=PATH,es=PATH (en=PATH overrides the run's); "
+                                           "a run trained on an AdapterHub adapter (the presets) takes the targets' "
+                                           "AdapterHub adapters by default (fun/hub.py)")
     p.add_argument("--no-lang-adapter-ok", action="store_true",
                    help="a target without a language adapter runs with none instead of being an error")
     p.add_argument("--max-samples", type=positive_int, help="seeded random subsample of each language (quick checks)")
@@ -83,13 +86,23 @@ def parse_lang_adapters(value: str | None) -> dict[str, str]:
     return out
 
 
-def plan_adapters(source: str | None, given: dict[str, str], targets: list[str], fallback_ok: bool) -> dict:
-    """{language: adapter path or None}; a run trained with a source adapter needs one per target (MAD-X)."""
+def plan_adapters(source: str | None, given: dict[str, str], targets: list[str], fallback_ok: bool,
+                  model: str | None = None) -> dict:
+    """{language: adapter path or None}; a run trained with a source adapter needs one per target (MAD-X). A run
+    trained on an AdapterHub adapter of the table (fun/hub.py) takes the targets' AdapterHub adapters from it."""
     if source is None and given:
         raise UsageError("--lang-adapters: this run was trained without a language adapter, so its task adapter "
                          "never saw one; evaluate without --lang-adapters")
+    tag = model_tag(model) if model else None
+    from_hub = source is not None and source in LANG_ADAPTERS.get(tag, {}).values()
+    if from_hub:
+        given = {**{lang: LANG_ADAPTERS[tag][lang] for lang in targets if lang in LANG_ADAPTERS[tag]}, **given}
     missing = [lang for lang in targets if lang not in given]
     if source is not None and missing and not fallback_ok:
+        if from_hub:
+            raise UsageError(f"--lang-adapters: AdapterHub has no {', '.join(missing)} language adapter for {MODELS[tag]}; "
+                             f"train each with `python train.py --task mlm --lang LANG --model {MODELS[tag]} "
+                             "--output-dir RUN` and pass LANG=RUN/best, or --no-lang-adapter-ok to evaluate without one")
         raise UsageError(f"the run was trained on the language adapter {source}; no --lang-adapters for "
                          f"{', '.join(missing)} (pass LANG=PATH for each, or --no-lang-adapter-ok to use none there)")
     return {"en": given.get("en", source), **{lang: given.get(lang) for lang in targets}}
@@ -197,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--lang-adapters: {', '.join(unknown)} not languages of {task.name} "
                          f"({', '.join(task.languages + task.extra_languages)}; en for the source)")
-    adapters = plan_adapters(source_adapter, given, [lang for lang in targets if lang in data], args.no_lang_adapter_ok)
+    adapters = plan_adapters(source_adapter, given, [lang for lang in targets if lang in data], args.no_lang_adapter_ok,
+                             args.model or meta["model"])
 
     # --- model ---------------------------------------------------------------------------------------------
     model, tokenizer = build_model(task, checkpoint, meta, args.model or meta["model"])

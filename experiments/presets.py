@@ -20,7 +20,7 @@ import difflib
 import fnmatch
 from dataclasses import dataclass
 
-from fun.hub import MODELS
+from fun.hub import LANG_ADAPTERS, MODELS
 from fun.tasks import TASKS
 
 TRAIN_DATA = {"xnli": "MultiNLI", "xcopa": "COPA", "xquad": "SQuAD", "mlqa": "SQuAD"}
@@ -64,6 +64,8 @@ def _adapter_preset(task: str, model: str, schedule: str, source: str, **overrid
     flags = dict(task=task, model=MODELS[model], schedule=schedule, epochs=d.get("epochs", model, scheduled),
                  lr=d.get("lr", model, scheduled), batch_size=d.batch_size, lr_schedule=d.lr_schedule,
                  fisher_every=d.fisher_every)
+    if "en" in LANG_ADAPTERS[model]:  # MAD-X: the task adapter on the English language adapter (paper §3.1)
+        flags["lang_adapter"] = LANG_ADAPTERS[model]["en"]
     if scheduled:
         flags["k"] = d.get_k(model, schedule)
     flags.update(override)
@@ -123,11 +125,12 @@ def expand(patterns: str) -> list[str]:
 def format_table(presets=None) -> str:
     """The presets as a markdown table (what `train.py --list-presets` prints)."""
     rows = [("preset", "train data", "model", "schedule", "k", "lr", "epochs", "batch", "LR sched.", "tr(F) every",
-             "train examples", "source")]
+             "train examples", "language adapter", "source")]
     for p in presets if presets is not None else PRESETS.values():
         f = p.flags
         lr = f"{f['lr']:.0e}".replace("e-0", "e-")  # 5e-4, as the paper writes it
         rows.append((p.name, TRAIN_DATA[f["task"]], f["model"], f["schedule"], str(f.get("k", "—")), lr,
                      f"{f['epochs']:g}", str(f["batch_size"]), f["lr_schedule"], str(f.get("fisher_every") or "—"),
-                     f"{f['max_train_samples']:,}" if f.get("max_train_samples") else "all", p.source))
+                     f"{f['max_train_samples']:,}" if f.get("max_train_samples") else "all",
+                     f.get("lang_adapter") or "—", p.source))
     return "\n".join("| " + " | ".join(r) + " |" for r in (rows[0], ["---"] * len(rows[0]), *rows[1:]))

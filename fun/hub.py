@@ -84,20 +84,49 @@ def dataset_for(task: str, split: str, lang: str = "en") -> HubDataset:
     return TARGETS[task][split]
 
 
+# Repositories whose main branch holds only a loading script (datasets >= 4 refuses them): read through the Hub's
+# Parquet conversion instead. aps/super_glue: tree ee65e3e; facebook/mlqa: tree 397ed40 (replaced by google/xtreme).
+SCRIPT_ONLY = frozenset({"aps/super_glue", "facebook/mlqa"})
+
+
 class HubError(OSError):
     """A Hub resource could not be loaded; the message says why (offline, unknown id, script-only, no such config)."""
 
 
 def load_dataset(spec: HubDataset, lang: str = "en"):
-    """`datasets.load_dataset` for one table row, with one clear error for each way it fails."""
+    """`datasets.load_dataset` for one table row, with one clear error for each way it fails.
+
+    Offline (HF_HUB_OFFLINE=1), datasets reads its own cache of an earlier load, which it finds by config name;
+    a row read with `data_dir` has none, so its Parquet files are read from the Hub cache (prefetch.py puts them
+    there)."""
     import datasets
 
     kwargs = spec.args(lang)
     what = f"dataset {spec.id}" + (f" config {kwargs['name']}" if kwargs["name"] else "") + f" split {spec.split}"
     try:
+        if spec.data_dir and offline():
+            return datasets.load_dataset("parquet", data_files=str(cached_files(spec) / "*.parquet"), split="train")
         return datasets.load_dataset(**kwargs)
     except Exception as err:  # the exception types differ across datasets / huggingface_hub versions
         raise HubError(f"{what}: {explain(err)}") from None
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def parquet_pattern(spec: HubDataset) -> str:
+    """The files of a `data_dir` row in the Hub's Parquet conversion: <data_dir>/<split>/NNNN.parquet."""
+    return f"{spec.data_dir}/{spec.split}/*.parquet"
+
+
+def cached_files(spec: HubDataset, download: bool = False) -> Path:
+    """The directory of a `data_dir` row's Parquet files in the local Hub cache (`download`: fetch them first)."""
+    from huggingface_hub import snapshot_download
+    root = snapshot_download(spec.id, repo_type="dataset", revision=spec.revision,
+                             allow_patterns=[parquet_pattern(spec)], local_files_only=not download)
+    return Path(root) / spec.data_dir / spec.split
 
 
 def explain(err: Exception) -> str:
@@ -113,6 +142,9 @@ def explain(err: Exception) -> str:
         return f"no such config ({text.splitlines()[0][:200]})"
     if "Unknown split" in text or "split" in text.lower() and "should be one of" in text:
         return f"no such split ({text.splitlines()[0][:200]})"
+    if "Couldn't find cache" in text or "is not cached" in text or "outgoing traffic has been disabled" in text.lower():
+        return ("not in the local cache, and offline (HF_HUB_OFFLINE=1); fetch it on a machine with internet with "
+                "python prefetch.py, or pass local files")
     if name in ("ConnectionError", "ConnectError", "LocalEntryNotFoundError", "OfflineModeIsEnabled",
                 "MaxRetryError", "Timeout", "ReadTimeout") or "offline" in text.lower() or "connect" in text.lower():
         return ("no network (or HF_HUB_OFFLINE=1) and not in the local cache; on a machine with internet run "
