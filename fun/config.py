@@ -107,7 +107,7 @@ class TrainConfig:
 
 
 # Settings that may differ between a run and its resumption: they do not change what is computed.
-RESUMABLE = frozenset({"resume", "overwrite", "save_every", "no_progress", "threads", "device"})
+RESUMABLE = frozenset({"resume", "overwrite", "save_every", "no_progress", "threads", "device", "output_dir"})
 
 
 def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
