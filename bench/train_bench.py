@@ -38,6 +38,7 @@ from fun.adapters import AdapterSet  # noqa: E402
 from fun.data import collate  # noqa: E402
 from fun.heads import ClassificationHead  # noqa: E402
 from fun.model import AdapterModel, freeze, load_encoder  # noqa: E402
+from fun.schedules import set_trainable  # noqa: E402
 from fun.tasks import TASKS, task_loss  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -130,9 +131,7 @@ def run_one(args, case: str) -> dict:
     batch = {k: v.to(args.device) for k, v in synthetic_batch(args, model.encoder.config.vocab_size).items()}
     n = model.encoder.config.num_hidden_layers
     if name.startswith("forward"):  # forward only, nothing trainable: the floor of any training step
-        if adapters:
-            for p in model.task_adapter.parameters():
-                p.requires_grad_(False)
+        set_trainable(model.task_layers, set())
         model.train(name == "forward-train")
 
         @torch.inference_mode()
@@ -140,10 +139,7 @@ def run_one(args, case: str) -> dict:
             model(batch)
     else:
         trainable = TRAIN_CASES[name] if TRAIN_CASES[name] is not None else n
-        if adapters:
-            for i, layer in enumerate(model.task_adapter.layers):
-                for p in layer.parameters():
-                    p.requires_grad_(i >= n - trainable)  # GU: the top `trainable` adapters
+        set_trainable(model.task_layers, set(range(n - trainable, n)))  # GU: the top `trainable` adapters
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         model.train(mode != "eval")

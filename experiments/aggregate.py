@@ -358,7 +358,7 @@ def aggregate(roots: list[Path], split: str = "test", out: Path | None = None, c
     results, missing, runs = load(roots, split, checkpoint)
     if not results:
         raise UsageError(f"no results-*{split}*.json in {len(runs)} run directories under {', '.join(map(str, roots))}; "
-                         "evaluate the runs first (python evaluate.py RUN_DIR, or sweep.py --evaluate)")
+                         "evaluate the runs first (python evaluate.py RUN_DIR, or python -m experiments.sweep --evaluate)")
     sections, files = [], {}
     for task, rows in sorted(build_rows(results).items(), key=lambda kv: (TASK_ORDER + (kv[0],)).index(kv[0])):
         md2, rec2 = table2(rows, lowest)

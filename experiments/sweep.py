@@ -411,7 +411,7 @@ def sweep_argv(args: argparse.Namespace) -> list[str]:
 
 
 def slurm_script(runs: list[Run], args: argparse.Namespace) -> str:
-    """A Slurm array: task i runs `sweep.py ... --index i`, which decides skip/resume/evaluate at run time, so a
+    """A Slurm array: task i runs `python -m experiments.sweep ... --index i`, which decides skip/resume/evaluate at run time, so a
     preempted and requeued task continues from its checkpoint (train.py writes one on SIGTERM)."""
     root = Path(args.root)
     lines = ["#!/bin/bash",

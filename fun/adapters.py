@@ -1,6 +1,6 @@
 """MAD-X bottleneck adapters, injected into a frozen Hugging Face encoder with forward hooks.
 
-Implements SPEC §2 / paper §3.1 and Fig. 6 (Pfeiffer et al. 2020, "MAD-X"): one bottleneck adapter per
+Implements paper §3.1 and Fig. 6 (Pfeiffer et al. 2020, "MAD-X"): one bottleneck adapter per
 Transformer layer, placed in the layer's output block, and AdapterHub's `Stack(language, task)`
 composition; plus the NICE invertible adapter that a MAD-X language adapter applies to the embeddings.
 
@@ -43,7 +43,7 @@ class BottleneckAdapter(nn.Module):
 
 
 class InvertibleAdapter(nn.Module):
-    """NICE coupling block on the embedding output (MAD-X `pfeiffer+inv`, SPEC §2).
+    """NICE coupling block on the embedding output (MAD-X `pfeiffer+inv`).
 
     e = [e1, e2];  y1 = e1 + F(e2);  y2 = e2 + G(y1).  F, G: Linear(d/2, d/4) → act → Linear(d/4, d/2).
     """
@@ -68,7 +68,7 @@ class InvertibleAdapter(nn.Module):
         return torch.cat([y1, y2], dim=-1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """Used before the MLM output layer when training a language adapter (SPEC §2)."""
+        """Used before the MLM output layer when training a language adapter (fun/mlm.py)."""
         y1, y2 = y[..., :self.split], y[..., self.split:]
         e2 = y2 - self.G(y1)
         e1 = y1 - self.F(e2)
@@ -94,7 +94,7 @@ class AdapterSet(nn.Module):
 
 def madx_output(h: torch.Tensor, x: torch.Tensor, layer_norm: nn.Module,
                 adapters: list[BottleneckAdapter]) -> torch.Tensor:
-    """The MAD-X output-block step (SPEC §2), for a Stack of adapters (bottom of the stack first).
+    """The MAD-X output-block step (docs/design.md), for a Stack of adapters (bottom of the stack first).
 
     h: FFN output before residual and LayerNorm, dropout(dense(ffn)), (B, T, d); x: attention output, (B, T, d).
     Returns a_top such that the block's own code finishes with out = LN(a_top + x):
@@ -174,7 +174,7 @@ class AdapterStack(nn.Module):
     """MAD-X `Stack(language, task)`: an optional language adapter below an optional task adapter.
 
     Either may be None (task adapter alone is the common variant without language adapters). The
-    invertible adapter of the *first* adapter in the stack runs on the embeddings (SPEC §2).
+    invertible adapter of the *first* adapter in the stack runs on the embeddings.
     """
 
     def __init__(self, lang: AdapterSet | None = None, task: AdapterSet | None = None):

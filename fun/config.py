@@ -12,7 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fun.hub import model_family
+from fun.mlm import MLM_DEFAULTS
 from fun.schedules import SCHEDULES, validate_order
+from fun.tasks import TASKS
 
 TASK_NAMES = ("xnli", "xcopa", "xquad", "mlqa", "mlm")  # mlm: train a language adapter (fun/mlm.py)
 
@@ -112,9 +114,6 @@ RESUMABLE = frozenset({"resume", "overwrite", "save_every", "no_progress", "thre
 
 def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
     """`cfg` with every None filled in: paper Table 3 for the task, model family and schedule; then `check`ed."""
-    from fun.tasks import TASKS
-    from fun.mlm import MLM_DEFAULTS
-
     if cfg.task not in TASK_NAMES:
         raise ConfigError("task", f"unknown task; choose one of {', '.join(TASK_NAMES)}")
     if cfg.schedule not in SCHEDULES:
@@ -148,31 +147,31 @@ def check(cfg: TrainConfig) -> None:
     if cfg.fisher_every < 0:
         raise ConfigError("fisher_every", "must be 0 (off) or positive")
     if cfg.order is not None and cfg.schedule != "order":
-        raise ConfigError("order", "goes with --schedule order")
+        raise ConfigError("order", "only the order schedule takes an order")
     if cfg.schedule == "order":
         if not cfg.order:
-            raise ConfigError("schedule", "order needs --order, e.g. --order 10,1,0,3,9,6,8,2,5,7,4")
+            raise ConfigError("order", "the order schedule needs an order of adapters, e.g. 10,1,0,3,9,6,8,2,5,7,4")
         try:
             validate_order(cfg.order)  # against the layer count once the model is loaded
         except ValueError as err:
             raise ConfigError("order", str(err)) from None
     if cfg.bf16 and cfg.fp16:
-        raise ConfigError("fp16", "--bf16 and --fp16 exclude each other")
+        raise ConfigError("fp16", "bf16 and fp16 autocast exclude each other")
     if (cfg.bf16 or cfg.fp16) and not cfg.device.startswith("cuda"):
         raise ConfigError("bf16" if cfg.bf16 else "fp16", "autocast is for CUDA devices; on CPU train in float32")
     if cfg.resume and cfg.overwrite:
-        raise ConfigError("overwrite", "--resume and --overwrite exclude each other")
+        raise ConfigError("overwrite", "resuming a run and overwriting it exclude each other")
     if cfg.fisher_every and not SCHEDULES[cfg.schedule].adapters:
-        raise ConfigError("fisher_every", "measures task adapters; --schedule full has none")
+        raise ConfigError("fisher_every", "tr(F) measures task adapters, and full fine-tuning has none")
     if cfg.task == "mlm":
         if not cfg.lang:
-            raise ConfigError("lang", "--task mlm needs the language code of the text (it names the adapter), "
-                                      "e.g. --lang sw")
+            raise ConfigError("lang", "training a language adapter needs the language code of its text (it names "
+                                      "the adapter), e.g. sw")
         if cfg.schedule != "standard" or cfg.fisher_every:
             field = "schedule" if cfg.schedule != "standard" else "fisher_every"
-            raise ConfigError(field, "--task mlm trains a whole language adapter (--schedule standard); schedules, "
-                                     "full fine-tuning and tr(F) are for task adapters")
+            raise ConfigError(field, "a language adapter trains whole (schedule standard); schedules, full "
+                                     "fine-tuning and tr(F) are for task adapters")
         if cfg.lang_adapter:
-            raise ConfigError("lang_adapter", "--task mlm trains a language adapter on its own; leave it out")
+            raise ConfigError("lang_adapter", "a language adapter is trained on its own, not stacked on another")
         if not 0.0 < cfg.mlm_probability < 1.0:
             raise ConfigError("mlm_probability", "must be between 0 and 1")

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the paper's tasks (SPEC §5): accuracy for XNLI/XCOPA, F1/EM for XQuAD/MLQA.
+"""Evaluation metrics of the paper's tasks (paper §4): accuracy for XNLI/XCOPA, F1/EM for XQuAD/MLQA.
 
 Two QA normalisations, each a faithful re-implementation of an official script:
 

@@ -110,12 +110,12 @@ def pretrained_mlm_head(name_or_path: str, encoder: nn.Module) -> MLMHead:
         mlm, info = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise ValueError(f"{name_or_path}: no masked-LM class for this model ({type(err).__name__}); train a "
-                         "freshly initialised MLM head instead (--mlm-head new)") from None
+                         "freshly initialised MLM head instead (mlm head 'new')") from None
     prefix = mlm.base_model_prefix + "."
     missing = [k for k in info["missing_keys"] if not k.startswith(prefix)]
     if missing:
         raise ValueError(f"{name_or_path}: the checkpoint has no pretrained MLM head (missing {missing[0]}, …); "
-                         "train a freshly initialised head transform with the adapter (--mlm-head new)")
+                         "train a freshly initialised head transform with the adapter (mlm head 'new')")
     params = {n: p for n, p in mlm.named_parameters() if not n.startswith(prefix)}
     vocab = encoder.get_input_embeddings().num_embeddings
 
@@ -123,7 +123,7 @@ def pretrained_mlm_head(name_or_path: str, encoder: nn.Module) -> MLMHead:
         found = [p for n, p in params.items() if n.endswith(suffixes) and (size is None or p.shape == (size,))]
         if len(found) != 1:
             raise ValueError(f"{name_or_path}: cannot identify the MLM head's {suffixes[0]} among "
-                             f"{sorted(params)}; train a fresh head (--mlm-head new)")
+                             f"{sorted(params)}; train a fresh head (mlm head 'new')")
         return found[0]
 
     decoder = [p for n, p in params.items() if n.endswith("decoder.weight")]

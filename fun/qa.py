@@ -1,4 +1,4 @@
-"""Extractive QA pre/post-processing for XQuAD / MLQA / SQuAD (SPEC §5), for fast HF tokenizers.
+"""Extractive QA pre/post-processing for XQuAD / MLQA / SQuAD (paper §4), for fast HF tokenizers.
 
 Follows Hugging Face's ``run_qa.py`` (examples/pytorch/question-answering): long contexts are cut into
 overlapping windows of ``max_length`` tokens sharing ``doc_stride`` tokens; a training window whose

@@ -102,7 +102,7 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-def unfreeze(schedule: Schedule, step: int, k: int, trainable: set[int], num_layers: int, per_step: int = 1,
+def unfreeze(schedule: Schedule, step: int, k: int, trainable: set[int], num_layers: int, *, per_step: int = 1,
              seed: int = 0, order: Sequence[int] = (),
              fisher: Callable[[], dict[int, float]] | None = None) -> tuple[list[int], dict[int, float] | None]:
     """Algorithm 1, lines 7-9: at i = k, 2k, ... (i <= kL), SELECT() adapters among the frozen ones to add to S.

@@ -44,7 +44,7 @@ def run(encoder, stack: AdapterStack, inputs: dict) -> torch.Tensor:
         handle.remove()
 
 
-# --- parity with the `adapters` library (SPEC §2 formulas) -------------------------------------------------------
+# --- parity with the `adapters` library (the MAD-X formulas) -------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["bert", "xlmr"])
 @pytest.mark.parametrize("setup", ["none", "lang", "task", "stack"])

@@ -7,7 +7,8 @@ import torch
 
 from fun.adapters import AdapterSet, AdapterStack, InvertibleAdapter, add_adapters
 from fun.heads import ClassificationHead
-from fun.model import AdapterModel
+from fun.model import AdapterModel, freeze
+from fun.schedules import set_trainable
 from tiny import tiny_encoder
 
 
@@ -27,7 +28,7 @@ def nice_ref(inv, e):
 
 
 def reference_model(encoder, lang, task):
-    """A copy of `encoder` whose output blocks / embeddings compute SPEC §2's formulas explicitly (no hooks)."""
+    """A copy of `encoder` whose output blocks / embeddings compute the MAD-X formulas explicitly (no hooks)."""
     ref = copy.deepcopy(encoder)
     stack = [a for a in (lang, task) if a is not None]
     for i, layer in enumerate(ref.encoder.layer):
@@ -118,7 +119,7 @@ def test_invertible_adapter_inverse():
 
 def test_adapter_sizes_and_init():
     task = AdapterSet(768, 12, reduction_factor=16)
-    assert task.layers[0].adapter_down[0].weight.shape == (48, 768)  # SPEC §2: 48 for hidden 768
+    assert task.layers[0].adapter_down[0].weight.shape == (48, 768)  # rf 16: 48 for hidden 768
     lang = AdapterSet(768, 12, reduction_factor=2, invertible=True)
     assert lang.layers[0].adapter_up.weight.shape == (768, 384)
     assert lang.invertible.F[0].weight.shape == (192, 384)  # F, G: Linear(d/2, d/4) → Linear(d/4, d/2)
@@ -159,14 +160,12 @@ def test_deepcopy_gives_an_independent_model():
 
 @pytest.mark.parametrize("trainable", [{3}, {2, 3}, {0, 1, 2, 3}, set()])
 def test_backward_stops_at_the_lowest_trainable_adapter(trainable):
-    """Frozen adapters below the lowest trainable one add no autograd graph: the GU fast path (issue 7)."""
+    """Frozen adapters below the lowest trainable one add no autograd graph: the GU fast path."""
     encoder = tiny_encoder("bert")
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+    freeze(encoder)
     d, n = encoder.config.hidden_size, encoder.config.num_hidden_layers
     task = AdapterSet(d, n)
-    for i, layer in enumerate(task.layers):
-        layer.requires_grad_(i in trainable)
+    set_trainable(task.layers, trainable)
     model = AdapterModel(encoder, ClassificationHead(d, 3), task).train()
     needs_grad = []
     hooks = [layer.register_forward_hook(lambda m, a, out: needs_grad.append(out[0].requires_grad if isinstance(out, tuple) else out.requires_grad))

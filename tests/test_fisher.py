@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from fun.adapters import AdapterSet
 from fun.fisher import choose_labels, fisher_trace
 from fun.heads import ClassificationHead, MultipleChoiceHead, QuestionAnsweringHead
-from fun.model import AdapterModel
-from fun.schedules import Selection, select_max_fisher
+from fun.model import AdapterModel, freeze
+from fun.schedules import Selection, select_max_fisher, set_trainable
 from tiny import tiny_encoder
 
 HIDDEN, LAYERS, LABELS, CHOICES, SEQ = 32, 4, 3, 2, 10
@@ -30,10 +30,8 @@ def make_model(kind: str, head: str, seed: int = 0) -> AdapterModel:
     heads = {"cls": lambda: ClassificationHead(HIDDEN, LABELS), "mc": lambda: MultipleChoiceHead(HIDDEN),
              "qa": lambda: QuestionAnsweringHead(HIDDEN)}
     model = AdapterModel(encoder, heads[head](), AdapterSet(HIDDEN, LAYERS, reduction_factor=4))
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    for i, layer in enumerate(model.task_adapter.layers):
-        layer.requires_grad_(i >= LAYERS - 2)
+    freeze(encoder)
+    set_trainable(model.task_layers, {LAYERS - 2, LAYERS - 1})
     return model
 
 

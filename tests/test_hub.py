@@ -73,7 +73,7 @@ class FakeHub:
         self.calls.append(dict(path=path, name=name, split=split, revision=revision, data_dir=data_dir))
         if path.count("/") != 1:
             raise ValueError(f"Invalid HF URI 'hf://datasets/{path}'. Repository id must be 'namespace/name', got "
-                             f"'{path}'")  # datasets >= 5 (huggingface/datasets issue 8612)
+                             f"'{path}'")  # datasets >= 5 (huggingface/datasets#8612)
         if path in SCRIPT_ONLY_ON_MAIN and revision in (None, "main"):
             raise RuntimeError(f"Dataset scripts are no longer supported, but found {SCRIPT_ONLY_ON_MAIN[path]}")
         configs = HUB_DATASETS.get((path, revision))
@@ -383,3 +383,16 @@ def test_prefetch_fetches_what_the_presets_need(monkeypatch, capsys):
     assert "dataset aps/super_glue copa train" in fetched and "dataset cambridgeltl/xcopa qu test" in fetched
     assert "no th language adapter" in err and "--task mlm --lang th" in err  # said once per missing language
     assert "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1" in out
+
+
+@pytest.mark.parametrize("error, says", [
+    (RuntimeError("Dataset scripts are no longer supported, but found mlqa.py"), "only a loading script"),
+    (ValueError("Invalid HF URI. Repository id must be 'namespace/name', got 'xnli'"), "no such repository"),
+    (ValueError("BuilderConfig 'xquad.xx' not found. Available: ['xquad.ar', 'xquad.de']"), "no such config"),
+    (ValueError('Unknown split "dev". Should be one of [\'train\', \'test\'].'), "no such split"),
+    (ConnectionError("Couldn't reach 'facebook/xnli' on the Hub (ConnectError)"), "no network"),
+    (ValueError("Couldn't find cache for facebook/xnli for config 'ar'"), "not in the local cache"),
+])
+def test_hub_errors_say_what_failed(error, says):
+    """One sentence per way a Hub load fails: not the same "offline?" for every error."""
+    assert says in hub.explain(error)

@@ -1,4 +1,4 @@
-"""Presets: every paper configuration is listed with SPEC §5's values; explicit flags override a preset."""
+"""Presets: every paper configuration is listed with paper Table 3's values; explicit flags override a preset."""
 
 import contextlib
 import io
@@ -11,7 +11,7 @@ from experiments.presets import PRESETS
 from fun.config import resolve
 from fun.hub import MODELS
 
-# SPEC §5 = paper Table 3, written out again here on purpose: (train data, model) →
+# paper Table 3, written out again here on purpose: (train data, model) →
 # (epochs standard/scheduled, lr standard/scheduled, batch, k LPFT, k GU, k FUN)
 TABLE3 = {
     ("xquad", "mbert"): ((5, 5), (5e-4, 5e-4), 32, 800, 800, 800),

@@ -18,7 +18,7 @@ from fun.qa import decode_predictions, prepare_eval_features, prepare_train_feat
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} absent")
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+RESERVED = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
 def make_tokenizer(model, padding_side="right", token_type_ids=True):
@@ -44,14 +44,14 @@ def make_tokenizer(model, padding_side="right", token_type_ids=True):
 
 
 def word_tokenizer(words, **kwargs):
-    vocab = {w: i for i, w in enumerate(SPECIALS + sorted(set(words)))}
+    vocab = {w: i for i, w in enumerate(RESERVED + sorted(set(words)))}
     return make_tokenizer(models.WordLevel(vocab, unk_token="[UNK]"), **kwargs)
 
 
 def char_tokenizer(texts):
     """WordPiece over single characters: every character is a token, so any answer is token-aligned."""
     chars = sorted({c for t in texts for c in t if not c.isspace()})
-    vocab = {w: i for i, w in enumerate(SPECIALS + chars + ["##" + c for c in chars])}
+    vocab = {w: i for i, w in enumerate(RESERVED + chars + ["##" + c for c in chars])}
     return make_tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=1000))
 
 

@@ -14,7 +14,7 @@ def simulate(name, L=12, k=3, steps=60, m=1, seed=0, order=(), scores=None):
     start, events = sorted(trainable), []
     for step in range(1, steps + 1):
         frozen = set(range(L)) - trainable
-        chosen, _ = unfreeze(schedule, step, k, trainable, L, m, seed, order, fisher=lambda: scores)
+        chosen, _ = unfreeze(schedule, step, k, trainable, L, per_step=m, seed=seed, order=order, fisher=lambda: scores)
         if chosen:
             assert set(chosen) <= frozen
             trainable |= set(chosen)

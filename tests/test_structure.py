@@ -1,0 +1,49 @@
+"""`fun/` is an importable library: no import cycles, and nothing of the command line (argparse, the scripts)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {"train", "evaluate", "fisher", "prefetch", "cli", "experiments"}
+
+
+def imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (function-level imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return out
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_fun_has_no_import_cycles_and_no_command_line():
+    modules = {module_name(p): p for p in (ROOT / "fun").rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        found = imports(path)
+        assert "argparse" not in found, f"{name} imports argparse"
+        assert not {m.split(".")[0] for m in found} & SCRIPTS, f"{name} imports a script"
+        graph[name] = {m for m in found if m in modules and m != name}
+    # a module imports its package's __init__ implicitly; `fun.tasks` → `fun.tasks.xnli` → `fun.tasks.base` is fine
+    visiting, done = [], set()
+
+    def visit(node):
+        assert node not in visiting, "import cycle: " + " → ".join(visiting[visiting.index(node):] + [node])
+        if node in done:
+            return
+        visiting.append(node)
+        for dep in graph[node]:
+            visit(dep)
+        visiting.pop()
+        done.add(node)
+
+    for node in graph:
+        visit(node)
