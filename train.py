@@ -77,8 +77,8 @@ def train(cfg: TrainConfig) -> int:
     while progress.step < total:
         step, events = progress.step + 1, {}
         # lines 7-9: at i = k, 2k, ... (i <= kL) SELECT() adapters among the frozen ones and add them to S
-        chosen, scores = unfreeze(schedule, step, cfg.k, trainable, model.num_layers, cfg.unfreeze_per_step,
-                                  cfg.seed, cfg.order or (), fisher=lambda: fisher(step, cfg.fisher_batches))
+        chosen, scores = unfreeze(schedule, step, cfg.k, trainable, model.num_layers, per_step=cfg.unfreeze_per_step,
+                                  seed=cfg.seed, order=cfg.order or (), fisher=lambda: fisher(step, cfg.fisher_batches))
         if chosen:
             trainable |= set(chosen)
             set_trainable(model.task_layers, trainable)
