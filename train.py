@@ -305,9 +305,9 @@ def stopped(run: Run, bar, step: int) -> int:
 
 
 def finish(run: Run, bar, progress: Progress, model: AdapterModel, cfg: TrainConfig, metric: str,
-           export=None) -> int:
+           export=None, **meta) -> int:
     bar.close()
-    save(run, "final", model, cfg, step=progress.step)
+    save(run, "final", model, cfg, step=progress.step, **meta)
     if export is not None:
         export(run.dir / "final")
     run.checkpoint(progress)
@@ -322,33 +322,43 @@ def finish(run: Run, bar, progress: Progress, model: AdapterModel, cfg: TrainCon
 
 def train_language_adapter(cfg: TrainConfig) -> int:
     """MLM training of a MAD-X language adapter (paper App. B; fun/mlm.py): the whole adapter trains from step 0,
-    and best/ and final/ also hold it in AdapterHub's layout (adapterhub/)."""
+    and best/ and final/ also hold it in AdapterHub's layout (adapterhub/). `--mlm-train head` fits only a new MLM
+    head on the frozen encoder, the head that language adapters then share (`--mlm-head DIR`)."""
     from fun.adapterhub import save_adapterhub
 
     run = open_run(cfg)
     device, autocast_dtype = setup(cfg)
     encoder, tokenizer = load_model(cfg)
-    with blame(flag("mlm_head" if cfg.mlm_head == "pretrained" else "lang_reduction_factor")):
-        model = mlm.build_model(encoder, cfg.model, cfg.lang_reduction_factor, cfg.lang_activation, cfg.mlm_head)
+    adapter = cfg.mlm_train == "adapter"
+    with blame(flag("mlm_head" if cfg.mlm_head != "new" else "lang_reduction_factor")):
+        model = mlm.build_model(encoder, cfg.model, cfg.lang_reduction_factor, cfg.lang_activation, cfg.mlm_head,
+                                adapter=adapter)
     with blame("--train-file"):
         train_docs, dev_docs = mlm.load_corpus(cfg.lang, cfg.train_file, cfg.dev_file)
+        train_docs = mlm.subsample(train_docs, cfg.max_train_samples, cfg.seed)
         train_split = mlm.corpus_split(train_docs, tokenizer, cfg.max_length, False, cfg.lang, cfg.mlm_probability)
     with blame("--dev-file"):
+        dev_docs = mlm.subsample(dev_docs, cfg.max_dev_samples, cfg.seed)
         dev_split = mlm.corpus_split(dev_docs, tokenizer, cfg.max_length, True, cfg.lang, cfg.mlm_probability)
     total, eval_every = plan_steps(cfg, train_split, model.num_layers)
     start_run(run, cfg, model, train_split, total)
-    params = [p for p in model.to(device).parameters() if p.requires_grad]  # the adapter (+ a new head)
+    params = [p for p in model.to(device).parameters() if p.requires_grad]  # the adapter and/or a new head
     optimizer, scheduler, scaler = make_optimizer(cfg, params, total)
     run.track(**model.trained_parts(), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    progress = restore(run) if cfg.resume else Progress(trainable=list(range(model.num_layers)))
+    progress = restore(run) if cfg.resume else Progress(trainable=list(range(model.num_layers)) if adapter else [])
     report_parameters(model, params, progress.step)
+    dev = partial(mlm.evaluate, split=dev_split, batch_size=cfg.eval_batch_size, pad_token_id=tokenizer.pad_token_id,
+                  device=device, autocast_dtype=autocast_dtype)
+    if progress.step == 0:  # where training starts, and (MAD-X's baseline) the frozen encoder + head alone
+        run.log(progress, dict(dev=dev(model), **({"dev_without_adapter": without_adapter(model, dev)} if adapter else {})))
 
     def export(directory):  # beside our format, AdapterHub's: DIR/adapterhub/ loads with the `adapters` library
-        save_adapterhub(model.adapters.lang, directory / "adapterhub", cfg.lang, cfg.model, encoder.config.model_type)
+        if adapter:
+            save_adapterhub(model.adapters.lang, directory / "adapterhub", cfg.lang, cfg.model, encoder.config.model_type)
 
     batches = training_batches(lengths(train_split), cfg.batch_size, cfg.seed, progress.epoch, progress.batch,
                                cfg.group_by_length)
-    bar = tqdm(total=total, initial=progress.step, desc=f"mlm {cfg.lang}", disable=cfg.no_progress)
+    bar = tqdm(total=total, initial=progress.step, desc=f"mlm {cfg.lang or cfg.mlm_train}", disable=cfg.no_progress)
     model.train(not cfg.no_dropout)
     while progress.step < total:
         step, events = progress.step + 1, {}
@@ -363,17 +373,25 @@ def train_language_adapter(cfg: TrainConfig) -> int:
         progress.advance(step, epoch, position, loss.item())
         bar.update()
         if step % eval_every == 0 or step == total:
-            events["dev"] = mlm.evaluate(model, dev_split, cfg.eval_batch_size, tokenizer.pad_token_id, device,
-                                         autocast_dtype)
+            events["dev"] = dev(model)
             model.train(not cfg.no_dropout)
             if progress.improved(step, events["dev"][mlm.METRIC], events["dev"]):
-                save(run, "best", model, cfg, step=step, dev=events["dev"])
+                save(run, "best", model, cfg, step=step, dev=events["dev"], mlm_head=mlm.head_config(model.head))
                 export(run.dir / "best")
         if events or step % cfg.log_every == 0 or step == total:
             run.log(progress, dict(lr=lr, trainable=progress.trainable, **events))
         if run.end_of_step(progress, cfg.save_every):
             return stopped(run, bar, step)
-    return finish(run, bar, progress, model, cfg, mlm.METRIC, export)
+    return finish(run, bar, progress, model, cfg, mlm.METRIC, export, mlm_head=mlm.head_config(model.head))
+
+
+def without_adapter(model: mlm.MLMModel, dev) -> dict:
+    """Dev metrics of the frozen encoder + head with the language adapter taken out of the stack."""
+    adapter, model.adapters.lang = model.adapters.lang, None
+    try:
+        return dev(model)
+    finally:
+        model.adapters.lang = adapter
 
 
 if __name__ == "__main__":

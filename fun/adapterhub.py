@@ -221,6 +221,9 @@ def load_adapterhub(directory: str | Path, encoder: nn.Module) -> AdapterSet:
 def load_ours(directory: Path, encoder: nn.Module) -> AdapterSet:
     """A language adapter trained by `train.py --task mlm` (its run's best/ or final/: our safetensors + JSON)."""
     meta = json.loads((directory / ADAPTER_CONFIG).read_text())
+    if meta.get("task") == "mlm" and not meta.get("task_adapter"):
+        raise ValueError(f"{directory}: holds an MLM head fitted without a language adapter (--mlm-train head); pass "
+                         "it as --mlm-head to train language adapters against it, and a language adapter here")
     if meta.get("task") != "mlm" or not meta.get("task_adapter"):
         raise ValueError(f"{directory}: holds a task adapter for '{meta.get('task')}', not a language adapter; "
                          "train one with `train.py --task mlm` or pass an AdapterHub adapter directory")

@@ -49,7 +49,11 @@ class TrainConfig:
     lang_reduction_factor: int = option(2, "language adapter: bottleneck = hidden // rf", positive=True)
     lang_activation: str = option("relu", "language adapter activation (a transformers ACT2FN name)")
     mlm_head: str = option("pretrained", "pretrained: the checkpoint's MLM head, frozen; new: train a fresh one "
-                                         "(encoders without one)", choices=("pretrained", "new"))
+                                         "(encoders without one); DIR: the head of an --mlm-train head run "
+                                         "(its best/), frozen and shared by every language's adapter")
+    mlm_train: str = option("adapter", "adapter: a language adapter (with --mlm-head new, a head too); head: only a "
+                                       "new MLM head on the frozen encoder, no adapter (text of many languages: "
+                                       "--train-file a.txt,b.txt)", choices=("adapter", "head"))
     mlm_probability: float = option(0.15, "share of tokens masked (80% mask / 10% random / 10% kept)")
 
     schedule: str = option("standard", "unfreezing schedule: " + ", ".join(SCHEDULES),
@@ -163,10 +167,14 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("overwrite", "resuming a run and overwriting it exclude each other")
     if cfg.fisher_every and not SCHEDULES[cfg.schedule].adapters:
         raise ConfigError("fisher_every", "tr(F) measures task adapters, and full fine-tuning has none")
+    if cfg.task != "mlm" and cfg.mlm_train != "adapter":
+        raise ConfigError("mlm_train", "is for --task mlm")
     if cfg.task == "mlm":
-        if not cfg.lang:
+        if not cfg.lang and cfg.mlm_train == "adapter":
             raise ConfigError("lang", "training a language adapter needs the language code of its text (it names "
                                       "the adapter), e.g. sw")
+        if cfg.mlm_train == "head" and cfg.mlm_head != "new":
+            raise ConfigError("mlm_head", "--mlm-train head fits a new MLM head: pass --mlm-head new")
         if cfg.schedule != "standard" or cfg.fisher_every:
             field = "schedule" if cfg.schedule != "standard" else "fisher_every"
             raise ConfigError(field, "a language adapter trains whole (schedule standard); schedules, full "

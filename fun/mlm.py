@@ -9,8 +9,13 @@ embeddings):
     hidden → transform (dense → act → LayerNorm) → inverse invertible adapter → decoder
 as MAD-X and the `adapters` library's flex-head models do (tests/test_mlm.py matches their logits to 1e-5; the
 library's static BertForMaskedLM + `adapters.init` path, adapters 1.3.0, applies no inverse at all). The pretrained
-MLM head (mBERT, XLM-R) is loaded frozen; for encoders without one (`mlm_head="new"`, e.g. multilingual-e5) a fresh
-head transform and output bias train with the adapter.
+MLM head (mBERT, XLM-R) is loaded frozen; for encoders without one (e.g. multilingual-e5) there are two ways:
+- `mlm_head="new"`: a fresh head transform and output bias train with the adapter. Each language adapter then has
+  its own head, so each language's adapter learns against a different output space;
+- a shared head, as MAD-X has through the pretrained one: first fit one head on the frozen encoder *without*
+  adapters on text of every language (`--mlm-train head --mlm-head new`, several files), then train each language
+  adapter against that head, frozen (`--mlm-head RUN/best`). Every language adapter then maps into the same space,
+  so swapping one for another at test time changes the language, not the space the task adapter reads.
 
 Masking is BERT's: 15% of the non-special tokens (at least one per sequence), of which 80% → mask token, 10% → a
 random token, 10% unchanged. Training masks are dynamic, drawn for each step from a generator seeded by
@@ -19,8 +24,9 @@ from a fixed seed, so the dev loss compares across steps, runs and seeds. Logits
 only: (B, M, V) with M the most masked tokens of a row (labels padded with -100), never the full (B, T, V).
 
 Data: plain text, one document per line, cut into sequences of at most `max_length` tokens (no packing across
-documents); or a Hub dataset `NAME[:CONFIG]` with a `text` column (default: Wikipedia in the language, fun/hub.py).
-Without a dev file every 20th document (at most 2,000) is held out for dev. Selection metric: `neg_loss`
+documents), from one file or several (`a.txt,b.txt`); or a Hub dataset `NAME[:CONFIG]` with a `text` column (default:
+Wikipedia in the language, fun/hub.py). Without a dev file every 20th document of each file (at most 2,000 per file)
+is held out for dev. Selection metric: `neg_loss`
 (= −masked-token cross-entropy, higher is better); `perplexity` = exp(loss).
 
 The training loop is train.py's `train_language_adapter`.
@@ -28,18 +34,20 @@ The training loop is train.py's `train_language_adapter`.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from transformers.activations import ACT2FN
 
 from fun import hub
 from fun.adapters import AdapterSet, InvertibleAdapter
 from fun.data import Split, check_file, collate, length_sorted_batches, to_device
-from fun.model import AdapterModel, freeze
+from fun.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterModel, freeze
 from fun.tasks.base import Defaults
 
 HOLDOUT_EVERY, HOLDOUT_MAX = 20, 2000  # without --dev-file: every 20th document, at most 2,000, is dev
@@ -75,8 +83,9 @@ class MLMModel(AdapterModel):
     """AdapterModel whose output is MLM logits at the masked positions `batch["mlm_positions"]` (B, M) → (B, M, V)."""
 
     def trained_parts(self) -> dict[str, nn.Module]:
-        """The language adapter is what trains (saved under `task.*`, as the adapter of the run) and the head."""
-        return {"head": self.head, "task": self.adapters.lang}
+        """The language adapter is what trains (saved under `task.*`, as the adapter of the run) and the head (a
+        frozen head is saved too: it is what the adapter was trained against)."""
+        return {"head": self.head, "task": self.adapters.lang} if self.adapters.lang is not None else {"head": self.head}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.encode(batch)  # (B, T, d)
@@ -184,36 +193,103 @@ def mlm_metrics(nll: float, correct: int, count: int) -> dict[str, float]:
 
 
 def build_model(encoder: nn.Module, model_name: str, reduction_factor: int = 2, activation: str = "relu",
-                head: str = "pretrained") -> MLMModel:
-    """A new language adapter (the stack's only adapter) + MLM head on the frozen encoder."""
+                head: str = "pretrained", adapter: bool = True) -> MLMModel:
+    """A new language adapter (the stack's only adapter) + MLM head on the frozen encoder. `head`: "pretrained" (the
+    checkpoint's, frozen), "new" (trains), or a directory holding a head fitted before (frozen, `load_mlm_head`).
+    Without `adapter` the model is the frozen encoder + a new head alone: fitting a head shared by language adapters."""
+    if not adapter and head != "new":
+        raise ValueError("fitting an MLM head without an adapter needs a new head (mlm head 'new')")
     if activation not in ACT2FN:
         raise ValueError(f"activation {activation!r} is not a transformers activation (e.g. relu, gelu, gelu_new)")
     config = encoder.config
     if not 0 < reduction_factor <= config.hidden_size:
         raise ValueError(f"reduction factor {reduction_factor}: must be between 1 and the hidden size "
                          f"{config.hidden_size} (bottleneck = hidden // rf)")
-    adapter = AdapterSet(config.hidden_size, config.num_hidden_layers, reduction_factor, activation, invertible=True)
-    mlm_head = new_mlm_head(encoder) if head == "new" else pretrained_mlm_head(model_name, encoder)
+    lang = AdapterSet(config.hidden_size, config.num_hidden_layers, reduction_factor, activation, invertible=True) \
+        if adapter else None
+    if head == "new":
+        mlm_head = new_mlm_head(encoder)
+    elif head == "pretrained":
+        mlm_head = pretrained_mlm_head(model_name, encoder)
+    else:
+        mlm_head = load_mlm_head(head, encoder)
     freeze(encoder)
-    return MLMModel(encoder, mlm_head, lang_adapter=adapter)
+    return MLMModel(encoder, mlm_head, lang_adapter=lang)
 
 
-def load_corpus(lang: str, train_source: str | None, dev_source: str | None) -> tuple[list[dict], list[dict]]:
-    """(train, dev) documents: each source a local text file or a Hub dataset `NAME[:CONFIG]` (train default:
-    Wikipedia in `lang`). Without a dev source every 20th training document (at most 2,000) is held out."""
-    docs = read_source(train_source, lang)
+def head_config(head: MLMHead) -> dict:
+    """What rebuilding the head needs besides its tensors (saved with a run's adapter config as `mlm_head`)."""
+    return dict(activation=head.activation, eps=head.layer_norm.eps)
+
+
+def load_mlm_head(directory: str | Path, encoder: nn.Module) -> MLMHead:
+    """The MLM head of an earlier `--task mlm` run (its best/ or final/), frozen: the head that every language
+    adapter of a model without a pretrained one trains against (MAD-X's frozen pretrained head, fitted once)."""
+    directory = Path(directory)
+    if not (directory / ADAPTER_CONFIG).is_file() or not (directory / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"{directory}: not 'pretrained', 'new', or a directory holding {ADAPTER_CONFIG} and "
+                         f"{ADAPTER_WEIGHTS} (a `train.py --task mlm` run's best/ or final/)")
+    meta = json.loads((directory / ADAPTER_CONFIG).read_text())
+    if meta.get("task") != "mlm":
+        raise ValueError(f"{directory}: saved by a '{meta.get('task')}' run, which has no MLM head; pass a "
+                         "`train.py --task mlm` run's best/ (e.g. one fitted with --mlm-train head)")
+    tensors = {k[len("head."):]: v for k, v in load_file(str(directory / ADAPTER_WEIGHTS)).items()
+               if k.startswith("head.")}
+    vocab, hidden = encoder.get_input_embeddings().weight.shape
+    if tensors["bias"].shape != (vocab,) or tensors["dense.weight"].shape != (hidden, hidden):
+        raise ValueError(f"{directory}: its head is for a vocabulary of {tensors['bias'].shape[0]:,} and hidden size "
+                         f"{tensors['dense.weight'].shape[0]} ({meta.get('model')}), this encoder has {vocab:,} and "
+                         f"{hidden}")
+    config = meta.get("mlm_head") or dict(activation=head_activation(encoder.config), eps=encoder.config.layer_norm_eps)
+    head = MLMHead(hidden, vocab, config["activation"], config["eps"])
+    head.load_state_dict(tensors)
+    freeze(head)
+    return head
+
+
+def load_corpus(lang: str | None, train_source: str | None, dev_source: str | None) -> tuple[list[dict], list[dict]]:
+    """(train, dev) documents: each source a local text file, several (`a.txt,b.txt`), or a Hub dataset
+    `NAME[:CONFIG]` (train default: Wikipedia in `lang`). Without a dev source every 20th document of each training
+    source (at most 2,000 per source) is held out, so every language of a multilingual corpus has its dev share."""
+    train, dev = [], []
+    for source in split_sources(train_source):
+        docs = read_source(source, lang)
+        if dev_source is None:
+            held = set(range(HOLDOUT_EVERY - 1, len(docs), HOLDOUT_EVERY)[:HOLDOUT_MAX])
+            dev += [d for i, d in enumerate(docs) if i in held]
+            docs = [d for i, d in enumerate(docs) if i not in held]
+        train += docs
     if dev_source is not None:
-        return docs, read_source(dev_source, lang)
-    held = set(range(HOLDOUT_EVERY - 1, len(docs), HOLDOUT_EVERY)[:HOLDOUT_MAX])
-    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+        dev = [d for source in split_sources(dev_source) for d in read_source(source, lang)]
+    return train, dev
 
 
-def read_source(source: str | None, lang: str) -> list[dict]:
+def split_sources(sources: str | None) -> list[str | None]:
+    """`a.txt,b.txt` → ["a.txt", "b.txt"]; None (the default Hub corpus) stays one source."""
+    if sources is None:
+        return [None]
+    names = [s.strip() for s in sources.split(",")]
+    if not all(names):
+        raise ValueError(f"{sources!r}: an empty name in the comma-separated list of text files")
+    return names
+
+
+def subsample(docs: list[dict], max_docs: int | None, seed: int) -> list[dict]:
+    """A seeded random subsample of `max_docs` documents, in their original order (all of them if None)."""
+    if max_docs is None or max_docs >= len(docs):
+        return docs
+    g = torch.Generator().manual_seed(seed)
+    return [docs[i] for i in sorted(torch.randperm(len(docs), generator=g)[:max_docs].tolist())]
+
+
+def read_source(source: str | None, lang: str | None) -> list[dict]:
     """A local text file, or a Hub dataset `NAME[:CONFIG]` with a `text` column (None: Wikipedia in `lang`)."""
     if source is not None and (Path(source).exists() or source.startswith(("/", "."))
                                or Path(source).suffix in TEXT_SUFFIXES):
         return read_corpus(source)  # a local file (check_file names a missing one)
     if source is None:
+        if lang is None:
+            raise ValueError("no text file given, and no language to take Wikipedia's text in")
         rows = hub.load_dataset(hub.WIKIPEDIA, lang)
     else:
         name, _, config = source.partition(":")

@@ -122,8 +122,9 @@ class Run:
 
     # --- logs ----------------------------------------------------------------------------------------------------
     def log(self, progress: Progress, record: dict) -> None:
-        """One log.jsonl line: the mean loss since the last line, then `record`."""
-        line = dict(step=progress.step, epoch=progress.epoch, loss=progress.loss_sum / progress.loss_count, **record)
+        """One log.jsonl line: the mean loss since the last line (none before the first step), then `record`."""
+        loss = dict(loss=progress.loss_sum / progress.loss_count) if progress.loss_count else {}
+        line = dict(step=progress.step, epoch=progress.epoch, **loss, **record)
         with open(self.dir / "log.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         progress.loss_sum, progress.loss_count = 0.0, 0

@@ -251,3 +251,76 @@ def test_trained_adapter_stacks_under_the_task_adapter(mlm_model_dir, corpus, nl
     assert first_loss["ours"] == first_loss["hub"] != first_loss["none"]  # the adapter runs, from either format
     task_adapter = f"en={tmp_path / 'none' / 'best'}"  # a task adapter is not a language adapter
     assert train.main(xnli(tmp_path / "bad", "--lang-adapter", task_adapter)) == 2
+
+
+# --- a shared MLM head: fitted once without adapters, then every language adapter trains against it ----------------
+
+def test_head_fitted_alone_then_shared_by_language_adapters(tiny_bert_dir, corpus, tmp_path, monkeypatch):
+    """--mlm-train head: only a new head trains, on the frozen encoder with no adapter, from several files. Then
+    --mlm-head DIR: the language adapter trains against that head, which stays frozen and bit-identical."""
+    monkeypatch.setattr(mlm, "MLMModel", Recording)
+    second = write_corpus(tmp_path / "other.txt", 100, seed=3)
+    head_run = tmp_path / "head"
+    args = mlm_args(tiny_bert_dir, corpus, head_run, "--mlm-train", "head", "--mlm-head", "new", "--max-steps", "30",
+                    "--lr", "1e-2", "--eval-every", "10")
+    args[args.index("--lang"):args.index("--lang") + 2] = []  # a shared head has no language of its own
+    args[args.index("--train-file") + 1] = f"{corpus[0]},{second}"
+    args[args.index("--dev-file"):args.index("--dev-file") + 2] = []  # held out: every 20th line of each file
+    assert train.main(args) == 0
+    model, init = Recording.built["model"], Recording.built["init"]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(init[k], v)}
+    assert changed and all(k.startswith("head.") for k in changed)
+    assert model.adapters.lang is None
+    log = [json.loads(line) for line in (head_run / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and "loss" not in log[0] and "dev_without_adapter" not in log[0]
+    assert log[-1]["dev"]["loss"] < log[0]["dev"]["loss"] - 0.3
+    config = json.loads((head_run / "config.json").read_text())
+    assert config["train_examples"] == (160 - 8) + (100 - 5)
+    saved = load_file(str(head_run / "best" / "adapter.safetensors"))
+    assert saved and all(k.startswith("head.") for k in saved) and not (head_run / "best" / "adapterhub").exists()
+
+    lang_run = tmp_path / "lang"
+    assert train.main(mlm_args(tiny_bert_dir, corpus, lang_run, "--mlm-head", str(head_run / "best"),
+                               "--max-steps", "30", "--lr", "1e-2", "--eval-every", "10")) == 0
+    model, init = Recording.built["model"], Recording.built["init"]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(init[k], v)}
+    assert changed == {k for k in init if k.startswith("adapters.lang.")}
+    for k, v in model.head.state_dict().items():
+        assert torch.equal(v, saved["head." + k]) and not model.head.get_parameter(k).requires_grad
+    first = json.loads((lang_run / "log.jsonl").read_text().splitlines()[0])
+    tok = make_tokenizer()
+    dev = mlm.corpus_split(mlm.read_corpus(corpus[1]), tok, 16, dev=True, lang="sw")
+    model.adapters.lang = None  # the frozen encoder + the shared head: MAD-X's "before" for this language
+    assert first["dev_without_adapter"]["loss"] == pytest.approx(mlm.evaluate(model, dev, 64, tok.pad_token_id)["loss"])
+    assert dev_loss(lang_run)[-1] < first["dev_without_adapter"]["loss"]
+    with pytest.raises(ValueError, match="--mlm-train head"):  # a head run is no language adapter
+        load_lang_adapter(str(head_run / "best"), model.encoder)
+
+
+def test_several_text_files_hold_out_dev_per_file(corpus, tmp_path):
+    second = write_corpus(tmp_path / "b.txt", 60, seed=5)
+    train_docs, dev_docs = mlm.load_corpus(None, f"{corpus[0]},{second}", None)
+    assert len(dev_docs) == 8 + 3 and len(train_docs) == 152 + 57
+    assert mlm.subsample(train_docs, 10, seed=1) == mlm.subsample(train_docs, 10, seed=1) != mlm.subsample(train_docs, 10, seed=2)
+    with pytest.raises(ValueError, match="empty name"):
+        mlm.load_corpus(None, f"{corpus[0]},", None)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--mlm-train", "head"), "--mlm-head: --mlm-train head fits a new MLM head"),
+    (("--mlm-head", "nowhere"), "--mlm-head: nowhere: not 'pretrained', 'new', or a directory"),
+    (("--mlm-train", "head", "--task", "xnli"), "--mlm-train: is for --task mlm"),
+])
+def test_shared_head_usage_errors(mlm_model_dir, corpus, tmp_path, capsys, extra, message):
+    assert train.main(mlm_args(mlm_model_dir, corpus, tmp_path / "r", "--max-steps", "2", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_a_task_run_is_no_mlm_head(mlm_model_dir, corpus, nli_files, tmp_path, capsys):
+    task_run = tmp_path / "xnli"
+    assert train.main(["--task", "xnli", "--model", str(mlm_model_dir), "--train-file", str(nli_files[0]),
+                       "--dev-file", str(nli_files[1]), "--output-dir", str(task_run), "--batch-size", "8",
+                       "--max-steps", "1", "--no-progress"]) == 0
+    assert train.main(mlm_args(mlm_model_dir, corpus, tmp_path / "r", "--mlm-head", str(task_run / "best"))) == 2
+    assert "saved by a 'xnli' run, which has no MLM head" in capsys.readouterr().err
