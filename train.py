@@ -305,7 +305,7 @@ def stopped(run: Run, bar, step: int) -> int:
 
 
 def finish(run: Run, bar, progress: Progress, model: AdapterModel, cfg: TrainConfig, metric: str,
-           export=None, **meta) -> int:
+           export=None, dev: str = "English dev", **meta) -> int:
     bar.close()
     save(run, "final", model, cfg, step=progress.step, **meta)
     if export is not None:
@@ -313,7 +313,7 @@ def finish(run: Run, bar, progress: Progress, model: AdapterModel, cfg: TrainCon
     run.checkpoint(progress)
     run.finish(progress)
     best = progress.best
-    print(f"done: {progress.step} steps in {run.elapsed(progress):.0f}s; best English dev {metric} "
+    print(f"done: {progress.step} steps in {run.elapsed(progress):.0f}s; best {dev} {metric} "
           f"{best['value']:.2f} at step {best['step']} → {run.dir / 'best'}")
     return 0
 
@@ -382,7 +382,7 @@ def train_language_adapter(cfg: TrainConfig) -> int:
             run.log(progress, dict(lr=lr, trainable=progress.trainable, **events))
         if run.end_of_step(progress, cfg.save_every):
             return stopped(run, bar, step)
-    return finish(run, bar, progress, model, cfg, mlm.METRIC, export, mlm_head=mlm.head_config(model.head))
+    return finish(run, bar, progress, model, cfg, mlm.METRIC, export, dev="held-out", mlm_head=mlm.head_config(model.head))
 
 
 def without_adapter(model: mlm.MLMModel, dev) -> dict:

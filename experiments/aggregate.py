@@ -96,10 +96,37 @@ def realised_order(run_dir: Path, cfg: dict) -> list[int] | None:
     return initial + [j for event in json.loads(path.read_text()) for j in event["layers"]]
 
 
-def load(roots: list[Path], split: str, checkpoint: str) -> tuple[list[Result], list[Path], dict]:
-    """(results, run directories without results for `split`, {run_dir: (model, method, schedule, seed, order)})."""
+def parse_root(spec: str) -> tuple[str | None, Path]:
+    """`DIR` or `LABEL=DIR` → (label or None, directory)."""
+    label, sep, path = spec.partition("=")
+    if not sep:
+        return None, Path(spec)
+    if not re.fullmatch(r"[A-Za-z0-9_.+]+", label):
+        raise UsageError(f"{spec}: a root's label (LABEL=DIR) takes letters, digits, '_', '.', '+'")
+    return label, Path(path)
+
+
+def restrict(result_file: dict, languages: list[str] | None, path: Path) -> tuple[dict, dict]:
+    """(per_language, average) of an evaluate.py results file, on `languages` only (None: as evaluated)."""
+    per_language = result_file.get("per_language") or {}
+    if languages is None:
+        return per_language, result_file.get("average") or {}
+    absent = [lang for lang in languages if lang not in per_language]
+    if absent:
+        raise UsageError(f"{path}: no results for {', '.join(absent)}; evaluate those languages or leave them out "
+                         "of --languages")
+    per_language = {lang: per_language[lang] for lang in languages}
+    keys = set.intersection(*(set(m) for m in per_language.values()))
+    return per_language, {k: statistics.mean(m[k] for m in per_language.values()) for k in sorted(keys)}
+
+
+def load(roots: list[str | Path], split: str, checkpoint: str,
+         languages: list[str] | None = None) -> tuple[list[Result], list[Path], dict]:
+    """(results, run directories without results for `split`, {run_dir: (model, method, schedule, seed, order)}).
+    A root given as LABEL=DIR appends -LABEL to its methods (`standard-stack`), so two sweeps of the same schedules
+    can be compared; `languages` restricts every result, and its target average, to those languages."""
     results, missing, runs = [], [], {}
-    for root in roots:
+    for label, root in map(parse_root, map(str, roots)):
         if not root.is_dir():
             raise UsageError(f"{root}: not a directory")
         for config in sorted(root.rglob("config.json")):
@@ -109,7 +136,7 @@ def load(roots: list[Path], split: str, checkpoint: str) -> tuple[list[Result], 
             except json.JSONDecodeError as err:
                 raise UsageError(f"{config}: not valid JSON ({err})") from None
             tag = model_tag(cfg.get("model", "?"))
-            method = method_of(run_dir, cfg, tag)
+            method = method_of(run_dir, cfg, tag) + (f"-{label}" if label else "")
             runs[run_dir] = (tag, method, cfg.get("schedule"), cfg.get("seed"), realised_order(run_dir, cfg))
             found = False
             for path in sorted(run_dir.glob("results-*.json")):
@@ -118,9 +145,9 @@ def load(roots: list[Path], split: str, checkpoint: str) -> tuple[list[Result], 
                     continue
                 try:
                     r = json.loads(path.read_text())
+                    per_language, average = restrict(r, languages, path)
                     results.append(Result(r["task"], tag, method, int(cfg["seed"]), r.get("source") or {},
-                                          r.get("average") or {}, r.get("per_language") or {}, r["metric"], run_dir,
-                                          cfg.get("schedule", "?")))
+                                          average, per_language, r["metric"], run_dir, cfg.get("schedule", "?")))
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                     raise UsageError(f"{path}: not an evaluate.py results file ({type(err).__name__}: {err})") from None
                 found = True
@@ -352,10 +379,11 @@ def write_csv(path: Path, records: list[dict]) -> None:
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
 
 
-def aggregate(roots: list[Path], split: str = "test", out: Path | None = None, checkpoint: str = "best",
-              lowest: str = "block", delta: float = 1.0, paired: str = "standard") -> str:
+def aggregate(roots: list[str | Path], split: str = "test", out: Path | None = None, checkpoint: str = "best",
+              lowest: str = "block", delta: float = 1.0, paired: str = "standard",
+              languages: list[str] | None = None) -> str:
     """Build every table; write tables.md and the CSV files to `out` (if given); return the markdown."""
-    results, missing, runs = load(roots, split, checkpoint)
+    results, missing, runs = load(roots, split, checkpoint, languages)
     if not results:
         raise UsageError(f"no results-*{split}*.json in {len(runs)} run directories under {', '.join(map(str, roots))}; "
                          "evaluate the runs first (python evaluate.py RUN_DIR, or python -m experiments.sweep --evaluate)")
@@ -391,19 +419,24 @@ def aggregate(roots: list[Path], split: str = "test", out: Path | None = None, c
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("roots", nargs="+", type=Path, help="sweep directories (or run directories)")
+    p.add_argument("roots", nargs="+", help="sweep directories (or run directories); LABEL=DIR appends -LABEL to "
+                                            "that sweep's methods, to compare two sweeps of the same schedules")
     p.add_argument("--split", default="test", choices=("test", "dev"), help="which results-*.json (evaluate.py --test-split)")
     p.add_argument("--checkpoint", default="best", choices=("best", "final"), help="results of best/ or final/")
     p.add_argument("--lowest", default="block", choices=("block", "method"),
                    help="Lowest column: the language of the model's standard row (paper) or each method's own")
     p.add_argument("--delta", type=float, default=1.0, help="permutation study: group runs within this many points")
     p.add_argument("--paired", default="standard", help="the method every other is compared with, seed by seed")
+    p.add_argument("--languages", help="comma-separated target languages: every table and average on these only "
+                                       "(runs evaluated on more languages compared on the ones they share)")
     p.add_argument("--out", type=Path, help="write tables.md and CSV files here")
     def run() -> int:
         args = p.parse_args(argv)
         if args.delta < 0:
             raise UsageError(f"--delta {args.delta}: must be >= 0")
-        print(aggregate(args.roots, args.split, args.out, args.checkpoint, args.lowest, args.delta, args.paired), end="")
+        languages = [x.strip() for x in args.languages.split(",") if x.strip()] if args.languages else None
+        print(aggregate(args.roots, args.split, args.out, args.checkpoint, args.lowest, args.delta, args.paired,
+                        languages), end="")
         return 0
     return cli.main(run)
 

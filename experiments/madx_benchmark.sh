@@ -71,6 +71,10 @@ case "${1:-all}" in
       --output "$out" ;;&
   report|all)
     $PY -m experiments.aggregate "$ROOT/sweep" --split dev --paired standard --out "$ROOT/tables"
+    # the language adapters' own effect: Stack(language, task) against the task adapter alone (xnli_benchmark.sh's
+    # runs), paired by seed, on the languages both evaluated
+    $PY -m experiments.aggregate experiments/results/xnli-e5/sweep stack="$ROOT/sweep" --split dev --paired standard \
+      --languages "$LANGS" --out "$ROOT/tables-vs-no-lang-adapter"
     $PY fisher.py plot "$ROOT"/sweep/*/seed* --out "$ROOT/plots" --window 3 ;;
   head|adapters|sweep|check|report|all) ;;
   *) echo "usage: bash experiments/madx_benchmark.sh [head|adapters|sweep|check|report|all]" >&2; exit 2 ;;

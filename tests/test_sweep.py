@@ -283,3 +283,20 @@ def test_paired_differences_t_interval_bootstrap_and_kendall_tau(tmp_path):
     assert gu["diff_en"] == pytest.approx(-0.5)
     assert gu["t_low"] < gu["diff_avg"] < gu["t_high"] and gu["boot_low"] <= gu["diff_avg"] <= gu["boot_high"]
     assert "| e5 | gu | 2 | +2.50 |" in md
+
+
+def test_two_sweeps_compared_by_label_on_shared_languages(tmp_path, capsys):
+    """LABEL=DIR keeps two sweeps of the same schedules apart (standard vs standard-stack, paired by seed), and
+    --languages compares runs evaluated on different language sets on the ones they share."""
+    for root, shift, langs in (("plain", 0.0, dict(ar=50.0, de=60.0, sw=40.0)), ("stack", 2.0, dict(ar=53.0, sw=41.0))):
+        for seed in (1, 2):
+            run = tmp_path / root / "xnli-standard" / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(json.dumps(dict(task="xnli", model="e5", schedule="standard", seed=seed)))
+            write_results(run, 80.0 + shift + seed, split="dev", **{k: v + seed for k, v in langs.items()})
+    text = aggregate.aggregate([tmp_path / "plain", f"stack={tmp_path / 'stack'}"], split="dev", languages=["ar", "sw"])
+    # Δ average over ar, sw: ((53 + 41) - (50 + 40)) / 2 = +2.00 in both seeds (ar +3, sw +1); Δ English +2.00
+    assert "| e5 | standard-stack | 2 | +2.00 | [+2.00, +2.00] | [+1.00, +3.00] | +2.00 |" in text
+    assert aggregate.main([str(tmp_path / "plain"), f"stack={tmp_path / 'stack'}", "--split", "dev"]) == 0
+    assert aggregate.main([str(tmp_path / "plain"), "--split", "dev", "--languages", "ar,zh"]) == 2
+    assert "no results for zh" in capsys.readouterr().err
