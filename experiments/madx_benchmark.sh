@@ -70,6 +70,7 @@ case "${1:-all}" in
     [ -f "$out" ] || $PY evaluate.py "$ROOT/sweep/xnli-standard/seed1" $EVAL --lang-adapters "$(english_everywhere)" \
       --output "$out" ;;&
   report|all)
+    $PY -m experiments.lang_adapters "$ROOT/mlm-head" "$ROOT/lang-adapters" --out "$ROOT/tables"
     $PY -m experiments.aggregate "$ROOT/sweep" --split dev --paired standard --out "$ROOT/tables"
     # the language adapters' own effect: Stack(language, task) against the task adapter alone (xnli_benchmark.sh's
     # runs), paired by seed, on the languages both evaluated

@@ -295,6 +295,14 @@ def test_head_fitted_alone_then_shared_by_language_adapters(tiny_bert_dir, corpu
     assert dev_loss(lang_run)[-1] < first["dev_without_adapter"]["loss"]
     with pytest.raises(ValueError, match="--mlm-train head"):  # a head run is no language adapter
         load_lang_adapter(str(head_run / "best"), model.encoder)
+    # experiments.lang_adapters: the table the benchmark reports, from these two runs' files
+    from experiments.lang_adapters import report
+    md, rows = report([tmp_path])
+    head_row, lang_row = sorted(rows, key=lambda r: r["train"] == "adapter")
+    assert head_row["train"] == "head" and head_row["loss_no_adapter"] is None and lang_row["lang"] == "sw"
+    assert lang_row["loss_no_adapter"] == first["dev_without_adapter"]["loss"]
+    assert lang_row["loss_best"] == json.loads((lang_run / "summary.json").read_text())["best"]["metrics"]["loss"]
+    assert lang_row["steps"] == 30 and f"| sw | adapter | 30 × 8 |" in md
 
 
 def test_several_text_files_hold_out_dev_per_file(corpus, tmp_path):
