@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def plan(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     """(task, model, with language adapters) for each run to prepare."""
     if args.presets:
-        from experiments.presets import PRESETS, expand
+        from fun.presets import PRESETS, expand
         with blame("--presets"):
             names = expand(args.presets)
         runs = [(PRESETS[n].flags["task"], PRESETS[n].flags["model"], "lang_adapter" in PRESETS[n].flags) for n in names]

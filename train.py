@@ -117,7 +117,7 @@ def train(cfg: TrainConfig) -> int:
 def parse_config(argv: list[str] | None) -> TrainConfig | None:
     """The flags (generated from TrainConfig) over a --preset's values over the defaults; None after
     --list-presets printed the table."""
-    from experiments.presets import format_table, get_preset
+    from fun.presets import format_table, get_preset
 
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--list-presets", action="store_true")

@@ -34,8 +34,8 @@ from typing import Callable
 
 import cli
 from cli import UsageError, blame
-from experiments.presets import PRESETS, expand
 from fun.hub import MODELS, model_tag
+from fun.presets import PRESETS, expand
 from fun.run import SPLIT_NAMES, results_path
 
 HERE = Path(__file__).resolve().parents[1]  # the repository: train.py and evaluate.py

@@ -20,9 +20,9 @@ import torch
 import evaluate
 import train
 from cli import UsageError
-from experiments.presets import PRESETS
 from fun import hub
 from fun.config import resolve
+from fun.presets import PRESETS
 from fun.tasks import TASKS
 from tiny import ROOT, make_tokenizer, tiny_config, write_nli
 

@@ -6,10 +6,10 @@ import io
 import pytest
 
 import train
-from experiments import presets
-from experiments.presets import PRESETS
+from fun import presets
 from fun.config import resolve
 from fun.hub import MODELS
+from fun.presets import PRESETS
 
 # paper Table 3, written out again here on purpose: (train data, model) →
 # (epochs standard/scheduled, lr standard/scheduled, batch, k LPFT, k GU, k FUN)

@@ -1,10 +1,12 @@
-"""`fun/` is an importable library: no import cycles, and nothing of the command line (argparse, the scripts)."""
+"""`fun/` is an importable library: no import cycles, and nothing of the command line (argparse, the scripts).
+The product (`fun/` and the scripts) does not depend on `experiments/`, which only uses it."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train", "evaluate", "fisher", "prefetch", "cli", "experiments"}
+PRODUCT = [*sorted((ROOT / "fun").rglob("*.py")), *(ROOT / f"{name}.py" for name in ("train", "evaluate", "fisher", "prefetch", "cli"))]
 
 
 def imports(path: Path) -> set[str]:
@@ -47,3 +49,12 @@ def test_fun_has_no_import_cycles_and_no_command_line():
 
     for node in graph:
         visit(node)
+
+
+def test_the_product_does_not_import_experiments():
+    """The paper's configurations live in fun/presets.py; experiments/ (sweeps, tables) builds on the product,
+    never the other way round."""
+    assert len(PRODUCT) > 20 and all(path.is_file() for path in PRODUCT)
+    offenders = {str(path.relative_to(ROOT)): sorted(m for m in imports(path) if m.split(".")[0] == "experiments")
+                 for path in PRODUCT}
+    assert not {path: found for path, found in offenders.items() if found}, "the product imports experiments/"
