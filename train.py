@@ -4,9 +4,10 @@
     python train.py --preset xnli-mbert-fun --seed 1 --output-dir runs/xnli-fun-s1      # a paper configuration
     python train.py --task mlm --lang sw --train-file sw.txt --output-dir runs/la-sw     # a MAD-X language adapter
 
-Read `train` first: setup, then the loop of Algorithm 1 (unfreeze → forward → loss → backward → step → log), then
-save. The helpers below it build the model and data and measure tr(F); `train_language_adapter` is the MLM recipe
-for a missing language adapter (paper App. B). Every setting and its default: fun/config.py (`--help` lists them).
+Read `train` first: setup, then the loop of Algorithm 1 (SELECT → batch → forward → loss → backward → step → log),
+then save; its comments carry the algorithm's line numbers. The helpers below it build the model and data and
+measure tr(F); `train_language_adapter` is the MLM recipe for a missing language adapter (paper App. B). Every
+setting and its default: fun/config.py (`--help` lists them).
 The run directory (config.json, log.jsonl, schedule.json, best/, final/, summary.json, checkpoint.pt): fun/run.py.
 """
 
@@ -54,7 +55,7 @@ def train(cfg: TrainConfig) -> int:
     run = open_run(cfg)  # refuses to mix runs; SIGINT/SIGTERM → finish the step, checkpoint, exit
     device, autocast_dtype = setup(cfg)
     task, schedule = TASKS[cfg.task], SCHEDULES[cfg.schedule]
-    model, tokenizer = build_model(cfg, task)  # frozen encoder + Stack(lang, task) + head
+    model, tokenizer = build_model(cfg, task)  # line 3: initialise C and every θ_j (frozen encoder + Stack + head)
     train_split, dev_split = load_data(cfg, task, tokenizer)
     total, eval_every = plan_steps(cfg, train_split, model.num_layers)
     start_run(run, cfg, model, train_split, total)
@@ -64,8 +65,10 @@ def train(cfg: TrainConfig) -> int:
     params = [p for part in model.to(device).trained_parts().values() for p in part.parameters()]
     optimizer, scheduler, scaler = make_optimizer(cfg, params, total)
     run.track(**model.trained_parts(), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    # line 4: S ← {C}. C always trains, so `trainable` holds S's adapters: most schedules start with one already
+    # (the starting sets, and what that changes: fun/schedules.py)
     progress = restore(run) if cfg.resume else Progress(trainable=sorted(schedule.initial(model.num_layers, cfg.order or ())))
-    trainable = set(progress.trainable)  # S, applied to the task adapters as a requires_grad mask
+    trainable = set(progress.trainable)  # S without C, applied to the task adapters as a requires_grad mask
     set_trainable(model.task_layers, trainable)
     report_parameters(model, params, progress.step)
 
@@ -74,7 +77,7 @@ def train(cfg: TrainConfig) -> int:
     fisher = partial(measure_fisher, model, train_split, cfg, device, autocast_dtype, tokenizer.pad_token_id)
     bar = tqdm(total=total, initial=progress.step, desc=f"{cfg.task} {cfg.schedule}", disable=cfg.no_progress)
     model.train(not cfg.no_dropout)
-    while progress.step < total:
+    while progress.step < total:  # line 5: for i = 1 ... N
         step, events = progress.step + 1, {}
         # lines 7-9: at i = k, 2k, ... (i <= kL) SELECT() adapters among the frozen ones and add them to S
         chosen, scores = unfreeze(schedule, step, cfg.k, trainable, model.num_layers, per_step=cfg.unfreeze_per_step,
@@ -85,14 +88,14 @@ def train(cfg: TrainConfig) -> int:
             progress.trainable = sorted(trainable)
             run.unfrozen(progress, step, chosen, scores)
             events["unfrozen"] = chosen
-        # lines 3-6: a training batch, forward, loss, backward, update (only S and the head have gradients)
+        # line 6: sample a batch (after SELECT here: the data order does not depend on S, nor tr(F)'s batches on it)
         epoch, position, idx = next(batches)
         batch = to_device(collate([train_split.features[i] for i in idx], tokenizer.pad_token_id), device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(batch)  # (B, H, K)
+            logits = model(batch)  # line 11: FORWARD, (B, H, K)
         loss = task_loss(logits, batch["labels"])
         check_finite(loss, step, run)
-        lr = update(loss, params, optimizer, scheduler, scaler, cfg.max_grad_norm)
+        lr = update(loss, params, optimizer, scheduler, scaler, cfg.max_grad_norm)  # lines 12-14: C and S's adapters
         progress.advance(step, epoch, position, loss.item())
         bar.update()
         # measure: tr(F) of every adapter (paper Fig. 3), English dev for model selection
@@ -232,7 +235,8 @@ def start_run(run: Run, cfg: TrainConfig, model: AdapterModel, train_split: Spli
 
 
 def make_optimizer(cfg: TrainConfig, params: list, total: int):
-    """AdamW (no warmup; constant or linear decay to 0 at step N, paper §4.3), and a loss scaler for fp16."""
+    """AdamW without warmup (paper App. B), the LR constant or decaying linearly to 0 at step N, and a loss scaler
+    for fp16."""
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=total)
     return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=cfg.fp16)

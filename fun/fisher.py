@@ -1,6 +1,10 @@
 """tr(F), the trace of the Fisher information per task-adapter layer: paper §3.3, Eq. 1 and Algorithm 2 (App. D).
 
-    tr(F)_i = E_{x ~ data} E_{y ~ p_w(y|x)} ||∇_{w_i} log p_w(y|x)||²        (Eq. 1, w_i = task adapter of layer i)
+    tr(F)_i = E_{x ~ data} E_{y ~ p_w(y|x)} ||∇_{w_i} log p_w(y|x)||²        (w_i = task adapter of layer i)
+
+Eq. 1 takes the gradient over all weights w; restricted to w_i it is the trace of F's diagonal block for layer i.
+Traces add over blocks, so tr(F) of all task-adapter weights is Σ_i tr(F)_i: Algorithm 2 aggregates by adapter
+block the same way (and then averages over the trainable ones).
 
 `fisher_trace` computes it the way the torch.func per-sample-gradients tutorial computes per-example gradients:
 `grad` of one example's log-likelihood, `vmap` over the batch, with the task-adapter tensors passed in as a dict

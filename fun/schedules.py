@@ -7,6 +7,12 @@ once trainable, always trainable. Each schedule is two small pure functions:
     initial(L, order)   -> adapters trainable at step 0
     select(ctx)         -> adapters to unfreeze now, given the still-frozen ones (ctx: `Selection`)
 
+The starting set. Algorithm 1 starts from S = {C}, the head alone (line 4). The head always trains, so the
+trainable set here holds adapter indices only. `lpft` starts with no adapter, as Algorithm 1 does; `gu`, `rand` and
+`fun` start with the top adapter trainable (paper §4.1: "the classifier and the top-most adapter unfrozen"; footnote
+11: "the 11th layer is always unfrozen first"). So their SELECT() runs L-1 times, at steps k, 2k, ..., (L-1)k, and
+FUN measures tr(F) L-1 times, where footnote 11 says L.
+
 `unfreeze` is Algorithm 1's lines 7-9 for any schedule, and `set_trainable` applies S to the model as a
 per-adapter `requires_grad` mask: frozen adapters still run in the forward pass, they just get no gradient.
 `fun` is the Fisher-driven SELECT (paper §5.3): it looks at tr(F) per adapter, which `unfreeze` asks for only

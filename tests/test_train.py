@@ -114,7 +114,7 @@ def test_full_finetuning_trains_the_encoder(tiny_bert_dir, nli_files, tmp_path, 
 
 @pytest.mark.parametrize("schedule", ["linear", "constant"])
 def test_lr_schedule_has_no_warmup_and_decays_to_zero_at_n(tiny_bert_dir, nli_files, tmp_path, schedule):
-    """The lr of step i (1-based) is lr·(N - i + 1)/N for linear decay, lr for constant (paper §4.3: no warmup)."""
+    """The lr of step i (1-based) is lr·(N - i + 1)/N for linear decay, lr for constant (paper App. B: no warmup)."""
     out = tmp_path / schedule
     assert train.main(run_args(tiny_bert_dir, nli_files, out, "--max-steps", "4", "--lr", "1e-3", "--log-every", "1",
                                "--lr-schedule", schedule)) == 0
