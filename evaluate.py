@@ -22,6 +22,7 @@ import torch
 import cli
 from cli import UsageError, blame, positive_int
 from fun.adapters import AdapterSet
+from fun.device import get_device, set_deterministic
 from fun.evaluation import evaluate
 from fun.hub import LANG_ADAPTERS, MODELS, model_tag
 from fun.model import AdapterModel, freeze, load_adapter_weights, load_encoder, read_adapter_config
@@ -49,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=positive_int, help="seeded random subsample of each language (quick checks)")
     p.add_argument("--max-length", type=positive_int, help="max tokens per input (default: the run's)")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--bf16", action="store_true", help="CUDA autocast to bfloat16")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when this machine has one)")
+    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (CUDA; on CPU too, fast only where the "
+                                                       "CPU has bfloat16 units)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels: a rerun on the same GPU "
+                                                                "and software repeats bit for bit (CPU always does)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--output", help="results file (default: RUN_DIR/results-<split>.json)")
     p.add_argument("--no-progress", action="store_true")
@@ -187,10 +191,12 @@ def run(args: argparse.Namespace) -> int:
     split = SPLIT_NAMES[args.test_split]
     if args.test_dir and not Path(args.test_dir).is_dir():
         raise UsageError(f"--test-dir {args.test_dir}: not a directory")
-    if args.bf16 and not str(args.device).startswith("cuda"):
-        raise UsageError("--bf16 autocast is for CUDA devices; on CPU evaluate in float32")
+    with blame("--device"):
+        device = get_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.deterministic:
+        set_deterministic()
 
     # --- what to evaluate: data per language (cheap checks first), language adapters -----------------------
     targets = parse_languages(args.languages, task)
@@ -215,7 +221,6 @@ def run(args: argparse.Namespace) -> int:
 
     # --- model ---------------------------------------------------------------------------------------------
     model, tokenizer = build_model(task, checkpoint, meta, args.model or meta["model"])
-    device = torch.device(args.device)
     model.to(device)
     max_length = args.max_length or meta.get("max_length") or task.defaults.max_length
     autocast_dtype = torch.bfloat16 if args.bf16 else None

@@ -231,6 +231,7 @@ def compute(args: argparse.Namespace) -> int:
 
     from fun.adapters import AdapterSet
     from fun.data import check_file, collate
+    from fun.device import get_device
     from fun.fisher import fisher_trace
     from fun.model import AdapterModel, load_adapter_weights, load_encoder, read_adapter_config
     from fun.tasks import TASKS
@@ -249,7 +250,8 @@ def compute(args: argparse.Namespace) -> int:
     with blame("--data"):
         check_file(args.data, "data file")
     task = TASKS[task_name]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with blame("--device"):
+        device = get_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     with blame("--model"):
         encoder, tokenizer = load_encoder(model_name)

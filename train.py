@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import random
 import sys
 from functools import partial
@@ -30,6 +31,7 @@ from fun import mlm
 from fun.adapters import AdapterSet
 from fun.config import RESUMABLE, TrainConfig, resolve
 from fun.data import Split, collate, feature_length, to_device, training_batches
+from fun.device import allow_tf32, get_device, set_deterministic
 from fun.evaluation import evaluate
 from fun.fisher import fisher_trace
 from fun.hub import model_family
@@ -63,8 +65,8 @@ def train(cfg: TrainConfig) -> int:
     # One AdamW over everything that will ever train, created once: frozen parameters have no gradient and are
     # skipped (no update, no Adam state, no weight decay); re-creating it at an unfreeze would reset Adam's moments.
     params = [p for part in model.to(device).trained_parts().values() for p in part.parameters()]
-    optimizer, scheduler, scaler = make_optimizer(cfg, params, total)
-    run.track(**model.trained_parts(), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    optimizer, scheduler, scaler = make_optimizer(cfg, params, total, device)
+    run.track(device, **model.trained_parts(), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     # line 4: S ← {C}. C always trains, so `trainable` holds S's adapters: most schedules start with one already
     # (the starting sets, and what that changes: fun/schedules.py)
     progress = restore(run) if cfg.resume else Progress(trainable=sorted(schedule.initial(model.num_layers, cfg.order or ())))
@@ -94,9 +96,10 @@ def train(cfg: TrainConfig) -> int:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(batch)  # line 11: FORWARD, (B, H, K)
         loss = task_loss(logits, batch["labels"])
-        check_finite(loss, step, run)
-        lr = update(loss, params, optimizer, scheduler, scaler, cfg.max_grad_norm)  # lines 12-14: C and S's adapters
-        progress.advance(step, epoch, position, loss.item())
+        # lines 12-14: update C and S's adapters; one host sync, after the update is queued
+        lr, loss_value = update(loss, params, optimizer, scheduler, scaler, cfg.max_grad_norm)
+        check_finite(loss_value, step, run)  # before anything of this step is saved
+        progress.advance(step, epoch, position, loss_value)
         bar.update()
         # measure: tr(F) of every adapter (paper Fig. 3), English dev for model selection
         if cfg.fisher_every and step % cfg.fisher_every == 0:
@@ -149,14 +152,16 @@ def open_run(cfg: TrainConfig) -> Run:
 
 
 def setup(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
-    """Threads, seeds, TF32; → (device, autocast dtype or None)."""
+    """Device (checked here, where the run runs), threads, determinism, seeds, TF32; → (device, autocast dtype or
+    None)."""
+    with blame("--device"):
+        device = get_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        set_deterministic()  # before the model reaches the GPU: cuBLAS reads its workspace setting on first use
     torch.manual_seed(cfg.seed), random.seed(cfg.seed), np.random.seed(cfg.seed)
-    device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    allow_tf32(device.type == "cuda")  # for the training step; tr(F) and evaluation turn it off (fun/device.py)
     return device, torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
 
 
@@ -234,16 +239,18 @@ def start_run(run: Run, cfg: TrainConfig, model: AdapterModel, train_split: Spli
                          "the same flags, or start a new --output-dir") from None
 
 
-def make_optimizer(cfg: TrainConfig, params: list, total: int):
+def make_optimizer(cfg: TrainConfig, params: list, total: int, device: torch.device):
     """AdamW without warmup (paper App. B), the LR constant or decaying linearly to 0 at step N, and a loss scaler
-    for fp16."""
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for fp16. With fp16 AdamW is the fused kernel: it reads the scaler's inf/NaN flag on the device, where the unfused
+    one would read it on the host, a sync every step."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if cfg.fp16 else None)
     scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=total)
-    return optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=cfg.fp16)
+    return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=cfg.fp16)
 
 
 def restore(run: Run) -> Progress:
-    progress = run.restore()
+    with blame("--resume"):
+        progress = run.restore()
     print(f"resumed from step {progress.step}")
     return progress
 
@@ -256,22 +263,36 @@ def report_parameters(model: torch.nn.Module, params: list, step: int) -> None:
 
 # --- inside the loop ------------------------------------------------------------------------------------------------
 
-def update(loss: torch.Tensor, params: list, optimizer, scheduler, scaler, max_grad_norm: float) -> float:
-    """Backward, clip the gradient norm, AdamW step (fp16: through the loss scaler); → the step's learning rate."""
+def update(loss: torch.Tensor, params: list, optimizer, scheduler, scaler, max_grad_norm: float) -> tuple[float, float]:
+    """Backward, clip the gradient norm, AdamW step (fp16: through the loss scaler), all queued on the device; then the
+    step's one host sync reads the loss and whether the loss scaler skipped the step (fp16: inf/NaN gradients). The
+    LR schedule advances with the optimizer only. → (the step's learning rate, its loss)."""
+    lr = scheduler.get_last_lr()[0]
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    lr = scheduler.get_last_lr()[0]
+    skipped = found_inf(scaler, optimizer, loss.device)
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return lr
+    loss_value, skipped = torch.stack([loss.detach().float(), skipped]).tolist()  # waits for the step to finish
+    if not skipped:
+        scheduler.step()
+    return lr, loss_value
 
 
-def check_finite(loss: torch.Tensor, step: int, run: Run) -> None:
-    if not torch.isfinite(loss):
-        raise UsageError(f"loss is {loss.item()} at step {step}; stopped. The last good checkpoint is "
+def found_inf(scaler, optimizer, device: torch.device) -> torch.Tensor:
+    """1. when the fp16 loss scaler found inf/NaN gradients (it skips the optimizer step), else 0., on the device.
+    The scaler keeps what `unscale_` found per device; its public API reads it only on the host."""
+    none = torch.zeros((), device=device)
+    return sum(scaler._found_inf_per_device(optimizer).values(), none) if scaler.is_enabled() else none
+
+
+def check_finite(loss: float, step: int, run: Run) -> None:
+    """Stop on a non-finite loss. The step's update has run, but nothing of it is saved: the checkpoint and best/ on
+    disk hold the last good state."""
+    if not math.isfinite(loss):
+        raise UsageError(f"loss is {loss} at step {step}; stopped. The last good checkpoint is "
                          f"{run.dir / 'checkpoint.pt'} (--resume continues from it); try a lower --lr")
 
 
@@ -347,8 +368,8 @@ def train_language_adapter(cfg: TrainConfig) -> int:
     total, eval_every = plan_steps(cfg, train_split, model.num_layers)
     start_run(run, cfg, model, train_split, total)
     params = [p for p in model.to(device).parameters() if p.requires_grad]  # the adapter and/or a new head
-    optimizer, scheduler, scaler = make_optimizer(cfg, params, total)
-    run.track(**model.trained_parts(), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    optimizer, scheduler, scaler = make_optimizer(cfg, params, total, device)
+    run.track(device, **model.trained_parts(), optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     progress = restore(run) if cfg.resume else Progress(trainable=list(range(model.num_layers)) if adapter else [])
     report_parameters(model, params, progress.step)
     dev = partial(mlm.evaluate, split=dev_split, batch_size=cfg.eval_batch_size, pad_token_id=tokenizer.pad_token_id,
@@ -372,9 +393,9 @@ def train_language_adapter(cfg: TrainConfig) -> int:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(batch)  # (B, M, V): the masked positions only
         loss = task_loss(logits, batch["labels"])
-        check_finite(loss, step, run)
-        lr = update(loss, params, optimizer, scheduler, scaler, cfg.max_grad_norm)
-        progress.advance(step, epoch, position, loss.item())
+        lr, loss_value = update(loss, params, optimizer, scheduler, scaler, cfg.max_grad_norm)  # one host sync
+        check_finite(loss_value, step, run)  # before anything of this step is saved
+        progress.advance(step, epoch, position, loss_value)
         bar.update()
         if step % eval_every == 0 or step == total:
             events["dev"] = dev(model)

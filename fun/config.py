@@ -102,9 +102,13 @@ class TrainConfig:
                                    choices=("per-sample", "batch"))
     fisher_chunk_size: int | None = option(None, "examples per vmap chunk (bounds memory)", positive=True)
 
-    device: str | None = option(None, "cuda or cpu (default: cuda when available)", group="hardware")
-    bf16: bool = option(False, "CUDA autocast to bfloat16 (fp32 master weights)")
-    fp16: bool = option(False, "CUDA autocast to float16 with loss scaling")
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda when the machine that runs it has one)",
+                                group="hardware")
+    bf16: bool = option(False, "autocast to bfloat16, fp32 master weights (CUDA; on CPU too, fast only where the CPU "
+                               "has bfloat16 units)")
+    fp16: bool = option(False, "autocast to float16 with loss scaling (CUDA; on CPU it runs, slowly)")
+    deterministic: bool = option(False, "deterministic CUDA kernels, so a rerun on the same GPU and software repeats "
+                                        "bit for bit; slower (CPU runs repeat without it)")
     threads: int | None = option(None, "torch CPU threads", positive=True)
     no_progress: bool = option(False, "no progress bar")
 
@@ -117,7 +121,8 @@ RESUMABLE = frozenset({"resume", "overwrite", "save_every", "no_progress", "thre
 
 
 def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
-    """`cfg` with every None filled in: paper Table 3 for the task, model family and schedule; then `check`ed."""
+    """`cfg` with every None filled in: paper Table 3 for the task, model family and schedule; then `check`ed.
+    Nothing here depends on the machine but the default --device: a sweep checks its runs where it writes them."""
     if cfg.task not in TASK_NAMES:
         raise ConfigError("task", f"unknown task; choose one of {', '.join(TASK_NAMES)}")
     if cfg.schedule not in SCHEDULES:
@@ -136,6 +141,9 @@ def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
         fisher_batch_size=cfg.fisher_batch_size or batch_size,
         k=cfg.k if cfg.k is not None else defaults.get_k(family, cfg.schedule),
         device=cfg.device or ("cuda" if cuda_available else "cpu"))
+    if cfg.fp16 and family == "mdeberta":
+        raise ConfigError("fp16", f"{cfg.model} is a DeBERTa-v2 model, known to overflow in float16 "
+                                  "(microsoft/DeBERTa#77); train it with --bf16, or in float32")
     check(cfg)
     return cfg
 
@@ -161,8 +169,6 @@ def check(cfg: TrainConfig) -> None:
             raise ConfigError("order", str(err)) from None
     if cfg.bf16 and cfg.fp16:
         raise ConfigError("fp16", "bf16 and fp16 autocast exclude each other")
-    if (cfg.bf16 or cfg.fp16) and not cfg.device.startswith("cuda"):
-        raise ConfigError("bf16" if cfg.bf16 else "fp16", "autocast is for CUDA devices; on CPU train in float32")
     if cfg.resume and cfg.overwrite:
         raise ConfigError("overwrite", "resuming a run and overwriting it exclude each other")
     if cfg.fisher_every and not SCHEDULES[cfg.schedule].adapters:

@@ -1,7 +1,8 @@
 """Batched inference and scoring of one split (zero-shot evaluation, paper §3.1 and §4).
 
 Fast path: `torch.inference_mode`, length-sorted batches with dynamic padding, non-blocking transfers;
-logits come back per feature in the original order (trimmed to the feature's own length for span QA).
+logits come back per feature in the original order (trimmed to the feature's own length for span QA). Evaluation
+runs in full fp32 (no TF32, fun/device.py), so the dev scores of training equal evaluate.py's.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 from fun.data import Split, collate, length_sorted_batches, to_device
+from fun.device import full_fp32
 from fun.tasks.base import Task
 
 
 @torch.inference_mode()
+@full_fp32()
 def predict(model: torch.nn.Module, task: Task, split: Split, batch_size: int, pad_token_id: int,
             device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
             progress: bool = True) -> list[torch.Tensor]:

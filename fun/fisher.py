@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from fun.data import to_device
+from fun.device import full_fp32
 
 LABEL_MODES = ("sample", "exact", "argmax", "true")
 ESTIMATORS = ("per-sample", "batch")
@@ -43,7 +44,8 @@ def fisher_trace(model: nn.Module, batches: Sequence[Batch], *, labels: str = "s
                  autocast_dtype: torch.dtype | None = None) -> dict[int, float]:
     """tr(F) per task-adapter layer i (the sum over the parameters of `model.task_adapter.layers[i]`), averaged over
     every example of `batches` (collated dicts; `labels` needed for labels="true"). `generator` (CPU) drives label
-    sampling (None: a fixed seed, never the global RNG); `chunk_size` bounds vmap's memory (examples per chunk)."""
+    sampling (None: a fixed seed, never the global RNG); `chunk_size` bounds memory: examples per vmap chunk, and for
+    labels="exact" also outputs per jacrev chunk (at most chunk_size² gradients at once)."""
     check_arguments(labels, estimator, batches)
     if estimator == "batch":
         return batch_fisher_trace(model, batches, labels, generator, chunk_size, device, autocast_dtype)
@@ -78,7 +80,8 @@ def exact_fisher_trace(model: nn.Module, batches: Sequence[Batch], generator: to
     y = (y_1..y_H) is independent across heads given x, and E_{y_h} ∇log p_h(y_h) = ∇Σ_k p_hk = 0, so the cross
     terms of ||Σ_h ∇log p_h(y_h)||² vanish in expectation:  E_y ||∇log p(y|x)||² = Σ_h Σ_k p_hk ||∇log p_hk||².
     That is one gradient per (h, k): H·K backward passes per example (jacrev) — cheap for 2–3 classes or a few
-    choices, but for span QA K = T, so ~2T backward passes per example. `per_batch`: the expectation of the batch
+    choices, but for span QA K = T, so ~2T backward passes per example; `chunk_size` bounds both loops, the examples
+    (vmap) and the H·K outputs of each (jacrev), so QA's memory stays bounded. `per_batch`: the expectation of the batch
     estimator instead, E_y ||(1/B) Σ_n g_n||² / B = (1/B³) Σ_n E_y ||g_n||² (labels independent across examples).
     """
     params, layers = task_adapter_params(model)
@@ -89,7 +92,7 @@ def exact_fisher_trace(model: nn.Module, batches: Sequence[Batch], generator: to
         return logp, logp.detach()  # differentiate the first, keep the second as the weights p_hk
 
     def expected_sq_grad_norms(params, example, u, gold):  # Σ_h Σ_k p_hk ||∇_{w_i} log p_hk||² → (L,)
-        jac, logp = jacrev(log_probs_and_weights, has_aux=True)(params, example)  # jac[n]: (H, K, *shape)
+        jac, logp = jacrev(log_probs_and_weights, has_aux=True, chunk_size=chunk_size)(params, example)  # (H, K, *shape)
         p = logp.exp()  # (H, K)
         return torch.stack([sum((p * jac[n].float().pow(2).flatten(2).sum(-1)).sum() for n in layer)
                             for layer in layers])
@@ -209,13 +212,14 @@ def prepare(model: nn.Module, batch: Batch, labels: str, generator: torch.Genera
 
 @contextmanager
 def measuring(model: nn.Module) -> Iterator[None]:
-    """Eval mode (dropout off: F is the Fisher of the model's predictive distribution), eager attention, and
-    no_grad — the forward must not record a graph for anything outside `params` (e.g. the trainable head);
-    torch.func.grad/jacrev ignore an *outer* no_grad, so the gradients are unaffected. Modes are restored."""
+    """Eval mode (dropout off: F is the Fisher of the model's predictive distribution), eager attention, full fp32
+    (no TF32: fun/device.py), and no_grad — the forward must not record a graph for anything outside `params` (e.g.
+    the trainable head); torch.func.grad/jacrev ignore an *outer* no_grad, so the gradients are unaffected. Modes are
+    restored."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad(), eager_attention(model):
+        with torch.no_grad(), eager_attention(model), full_fp32():
             yield
     finally:
         for m, training in modes.items():

@@ -47,6 +47,7 @@ from transformers.activations import ACT2FN
 from fun import hub
 from fun.adapters import AdapterSet, InvertibleAdapter
 from fun.data import Split, check_file, collate, length_sorted_batches, to_device
+from fun.device import full_fp32
 from fun.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterModel, freeze
 from fun.tasks.base import Defaults
 
@@ -341,6 +342,7 @@ def mask_batch(batch: dict[str, torch.Tensor], tokenizer, probability: float, se
 
 
 @torch.inference_mode()
+@full_fp32()
 def evaluate(model: nn.Module, split: Split, batch_size: int, pad_token_id: int, device: torch.device | str = "cpu",
              autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Held-out masked-token loss, accumulated per batch (no per-feature (M, V) logits kept)."""

@@ -12,10 +12,12 @@ A run directory is a contract other tools rely on (evaluate.py, fisher.py, exper
     results-*.json  written later by evaluate.py (`results_path`)
 
 A checkpoint holds what the next step depends on: the trained weights, AdamW, LR-scheduler and loss-scaler state,
-the progress (step, data position, trainable set, unfreeze events, best), every RNG state, and the size of
-log.jsonl, which a resumed run truncates back to, so no line is written twice. Checkpoints are written atomically
-(temp file, fsync, rename). SIGINT / SIGTERM only set a flag: the loop finishes its step, writes a checkpoint and
-exits with 128 + signal. A run killed at any step and resumed ends bit-identical on CPU.
+the progress (step, data position, trainable set, unfreeze events, best), the RNG states (Python, NumPy, torch's CPU
+generator, and the training GPU's), and the size of log.jsonl, which a resumed run truncates back to, so no line is
+written twice. It is tensors and plain data only and is read with `torch.load(weights_only=True)`: resuming a run
+directory received from someone else runs no code from it. Checkpoints are written atomically (temp file, fsync,
+rename). SIGINT / SIGTERM only set a flag: the loop finishes its step, writes a checkpoint and exits with
+128 + signal. A run killed at any step and resumed ends bit-identical on CPU (on CUDA: with --deterministic).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +96,7 @@ class Run:
         self.signum = 0
         self.started = time.time()
         self.parts: dict = {}
+        self.device = torch.device("cpu")
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, self._on_signal)
 
@@ -104,10 +109,11 @@ class Run:
 
     def start(self, config: dict, resumable: frozenset[str] = frozenset()) -> None:
         """A new run writes config.json and empty logs (replacing an old run's files with `overwrite`); a resumed
-        one checks that its settings equal the saved ones, except the `resumable` keys."""
+        one checks that its settings equal the saved ones, except the `resumable` keys and settings added to the
+        code after the run started (absent from its config.json)."""
         if self.resume:
             saved = json.loads((self.dir / "config.json").read_text())
-            differ = sorted(k for k in config if k not in resumable and saved.get(k) != config[k])
+            differ = sorted(k for k in config if k not in resumable and k in saved and saved[k] != config[k])
             if differ:
                 raise ConfigMismatch(f"settings differ from the run in {self.dir} ({', '.join(differ)})", differ)
             return
@@ -145,23 +151,38 @@ class Run:
         return progress.elapsed + time.time() - self.started
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
-    def track(self, **parts) -> None:
-        """The objects whose state a checkpoint holds: modules, optimizer, LR scheduler, grad scaler (by name)."""
-        self.parts = parts
+    def track(self, device: torch.device, **parts) -> None:
+        """The objects whose state a checkpoint holds: modules, optimizer, LR scheduler, grad scaler (by name), and
+        the device the run trains on (whose random generator it holds)."""
+        self.device, self.parts = device, parts
 
     def checkpoint(self, progress: Progress) -> None:
         (self.dir / "log.jsonl").open("a").close()
         state = dict(progress=dataclasses.asdict(dataclasses.replace(progress, elapsed=self.elapsed(progress))),
-                     parts={name: part.state_dict() for name, part in self.parts.items()}, rng=rng_state(),
+                     parts={name: part.state_dict() for name, part in self.parts.items()},
+                     rng=rng_state(self.device), device=self.device.type,
                      log_size=(self.dir / "log.jsonl").stat().st_size)
         atomic_torch_save(state, self.dir / "checkpoint.pt")
 
     def restore(self) -> Progress:
-        """Load checkpoint.pt into the tracked objects; truncate log.jsonl to its size then; return the progress."""
-        state = torch.load(self.dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        """Load checkpoint.pt into the tracked objects; truncate log.jsonl to its size then; return the progress.
+        ValueError when the file is not a checkpoint this code can read without unpickling code."""
+        path = self.dir / "checkpoint.pt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(f"{path} cannot be resumed: it holds Python objects besides tensors and plain data, which "
+                             "resuming never unpickles (written by an older version of train.py, or not by train.py); "
+                             "start the run again with --overwrite") from None
+        except (RuntimeError, EOFError) as err:
+            raise ValueError(f"{path} cannot be resumed: it is damaged or not a checkpoint "
+                             f"({str(err).strip().splitlines()[0][:160]}); start the run again with --overwrite") from None
         for name, part in self.parts.items():
             part.load_state_dict(state["parts"][name])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
+        if state["device"] != self.device.type:
+            print(f"note: {path} was written on {state['device']} and the run continues on {self.device.type}: "
+                  "from the same state, but not bit-identical to a run that stayed on one device", file=sys.stderr)
         with open(self.dir / "log.jsonl", "r+b") as f:
             f.truncate(state["log_size"])  # drop lines written after the checkpoint
         self.started = time.time()
@@ -186,19 +207,28 @@ def results_path(run_dir: str | os.PathLike, task: str, run_task: str, split: st
 
 # --- atomic files and RNG state ----------------------------------------------------------------------------------
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def rng_state(device: torch.device) -> dict:
+    """Every random generator the next step may draw from, as tensors and plain data: Python's, NumPy's, torch's CPU
+    generator and, on CUDA, the training device's (that one GPU's: a run may resume with fewer GPUs visible)."""
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                       "has_gauss": has_gauss, "cached_gaussian": cached_gaussian}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore `rng_state`'s generators. A CUDA generator is restored onto the training device, whatever its index
+    was when saved; resumed on another device type, that device's generator keeps its seeding from --seed."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
