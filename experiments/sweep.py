@@ -4,7 +4,7 @@
     python -m experiments.sweep --tasks xnli --schedules standard,gu,fun --seeds 1,2,3 --root runs/e5 \\
         --extra "--model ../shared/models/multilingual-e5-small --train-file ... --max-steps 300" \\
         --evaluate "--test-dir ../shared/data/xnli --test-split dev"
-    python -m experiments.sweep --presets 'xnli-*-gu' --seeds 1,2 --root runs/sweep --gpus all     # one run per GPU
+    python -m experiments.sweep --presets 'xnli-*-gu' --seeds 1,2 --root runs/sweep --gpus all --extra "--bf16"  # one run per GPU
     python -m experiments.sweep ... --emit slurm > jobs.sh && sbatch jobs.sh                         # a Slurm array
     python -m experiments.sweep --presets xnli-mbert-gu --permutations 9 --perm-seed 0 --root runs/perm   # paper Fig. 4
 
@@ -40,6 +40,7 @@ from fun.run import SPLIT_NAMES, results_path
 
 HERE = Path(__file__).resolve().parents[1]  # the repository: train.py and evaluate.py
 MANAGED = ("--seed", "--output-dir", "--resume", "--overwrite", "--preset")  # the sweep sets these per run
+FLAG_VALUED = ("--extra", "--evaluate")  # options whose value is itself flags (train.py's, evaluate.py's)
 
 
 @dataclass
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedules", help="comma-separated schedules for --tasks")
     g.add_argument("--models", help="comma-separated models for --tasks: mbert, xlmr, mdeberta, a Hub id or a directory")
     g.add_argument("--seeds", default="1", help="comma-separated seeds (paper: 4 runs)")
-    g.add_argument("--extra", default="", help="train.py flags for every run, e.g. \"--train-file F --max-steps 100\"")
+    g.add_argument("--extra", default="", help="train.py flags for every run, e.g. \"--train-file F --max-steps 100\" "
+                                               "or \"--bf16\"")
     g.add_argument("--root", required=True, help="sweep directory: runs go to ROOT/NAME/seedS")
     g = p.add_argument_group("random-permutation study (paper Fig. 4)")
     g.add_argument("--permutations", type=int, help="replace each schedule by N random orders starting with L-2 or "
@@ -262,7 +264,20 @@ def visible_gpus(value: str | None) -> list[str | None]:
         gpus = [str(i) for i in range(torch.cuda.device_count())]
     if not gpus:
         raise UsageError(f"--gpus {value}: no GPU visible")
+    repeated = sorted({gpu for gpu in gpus if gpus.count(gpu) > 1})
+    if repeated:
+        raise UsageError(f"--gpus {value}: GPU {', '.join(repeated)} given more than once; one run per GPU at a time, "
+                         "so name each GPU once")
     return gpus
+
+
+def check_device_flags(args: argparse.Namespace, evaluations: dict[str | None, list[str]]) -> None:
+    """With --gpus each run sees only its own GPU (CUDA_VISIBLE_DEVICES), as cuda: a --device for the children
+    would name a GPU they cannot see, or move them off theirs."""
+    for where, flags in [("--extra", shlex.split(args.extra)), *(("--evaluate", f) for f in evaluations.values())]:
+        if any(flag.split("=")[0] == "--device" for flag in flags):
+            raise UsageError(f"{where}: --device goes without --gpus: with --gpus each run sees only its own GPU, "
+                             "as cuda (the default device); leave --device out")
 
 
 def script(name: str) -> str:
@@ -432,7 +447,22 @@ def slurm_script(runs: list[Run], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def attach_values(argv: list[str]) -> list[str]:
+    """`--extra --bf16` → `--extra=--bf16`: argparse reads a lone value that starts with '-' as a flag of its own,
+    so a single flag given to --extra or --evaluate would be refused ("expected one argument")."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in FLAG_VALUED and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None, launch: Launch | None = None) -> int:
+    argv = attach_values(sys.argv[1:] if argv is None else argv)
     return cli.main(lambda: sweep(build_parser().parse_args(argv), launch))
 
 
@@ -443,6 +473,8 @@ def sweep(args: argparse.Namespace, launch: Launch | None) -> int:
         if not 0 <= args.index < len(runs):
             raise UsageError(f"--index {args.index}: the sweep has runs 0..{len(runs) - 1}")
         runs = [runs[args.index]]
+    if args.gpus:
+        check_device_flags(args, evaluations)
     slots = visible_gpus(args.gpus)
     validate(runs)
     for task in set(evaluations) - {None} - {t for run in runs for t in run.eval_tasks}:

@@ -121,6 +121,25 @@ def test_emit_slurm_array_runs_one_index_per_task(tmp_path, capsys):
     assert script.rstrip().endswith('--index "$SLURM_ARRAY_TASK_ID"') and "--tasks=xnli" in script
 
 
+@pytest.mark.parametrize("extra", [["--extra=--bf16"], ["--extra", "--bf16"], ["--extra", "--device cuda --bf16"]])
+def test_emit_slurm_with_bf16_on_a_machine_without_gpu(tmp_path, capsys, extra):
+    """Runs are checked where the sweep writes them, but their device is decided where they run: a login node
+    without a GPU writes a bf16 (or --device cuda) Slurm array; a lone flag is a valid --extra."""
+    assert sweep.main(["--presets", "xnli-mbert-gu", "--seeds", "1", "--root", str(tmp_path / "r"), "--emit", "slurm",
+                       *extra]) == 0
+    assert f"--extra={extra[-1].removeprefix('--extra=')}" in capsys.readouterr().out
+
+
+def test_gpu_slots_refuse_a_repeated_gpu_and_a_device_flag(tmp_path, capsys):
+    root = ["--tasks", "xnli", "--schedules", "gu", "--root", str(tmp_path), "--emit", "commands"]
+    for argv, words in ((["--gpus", "0,0"], "--gpus 0,0: GPU 0 given more than once"),
+                        (["--gpus", "0,1", "--extra", "--device cuda:1"], "--extra: --device goes without --gpus"),
+                        (["--gpus", "0", "--evaluate", "--device=cuda"], "--evaluate: --device goes without --gpus")):
+        assert sweep.main(root + argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and words in err and "\n" not in err, err
+
+
 def test_bad_sweep_input_is_a_usage_error(tmp_path, capsys):
     root = ["--root", str(tmp_path)]
     for argv, words in ((["--presets", "xnli-mbert-gradual"], "unknown preset"),
