@@ -84,7 +84,7 @@ def loop_fisher(model: AdapterModel, batch: dict, generator: torch.Generator) ->
     model.eval()
     size = batch["input_ids"].shape[0]
     gold = batch["labels"].reshape(size, -1)
-    uniform = torch.rand(*gold.shape, generator=generator)
+    uniform = torch.rand(*gold.shape, generator=generator).to(gold.device)  # drawn on CPU, as fisher_trace's
     total = [0.0] * len(layers)
     for n in range(size):
         logp = torch.log_softmax(model({k: v[n:n + 1] for k, v in batch.items() if k != "labels"}).float(), -1)[0]
