@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+from bench.train_bench import sync, timed as timed_calls  # noqa: E402
 from fun.adapters import AdapterSet  # noqa: E402
 from fun.data import collate  # noqa: E402
 from fun.device import allow_tf32  # noqa: E402
@@ -86,23 +87,9 @@ TOLERANCE = {"fisher fp32": 1e-3, "fisher bf16": 5e-2, "logits": 5e-2, "gradient
 
 # --- measuring -----------------------------------------------------------------------------------------------------
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of `repeats` calls of `fn` after `warmup` calls, each call synchronised."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of `repeats` calls of `fn` after `warmup` calls, each call synchronised (train_bench's timer)."""
+    return statistics.median(timed_calls(fn, repeats, warmup, device))
 
 
 def peak_mb(fn, device: torch.device) -> float | None:
@@ -110,11 +97,11 @@ def peak_mb(fn, device: torch.device) -> float | None:
     if device.type != "cuda":
         fn()
         return None
-    synchronize(device)
+    sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     fn()
-    synchronize(device)
+    sync(device)
     return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
 
 
@@ -359,7 +346,7 @@ def check_attention(report: Report, files: dict, size: Size, device: torch.devic
                                                           if device.type == "cuda" else [])
     with torch.profiler.profile(activities=activities) as prof:
         forward_backward(model, batch)
-        synchronize(device)
+        sync(device)
     names = {e.name for e in prof.events()}
     out["sdpa_ops"] = sorted(n for n in names if SDPA_OPS.fullmatch(n))
     out["attention_kernels"] = sorted(n for n in names if re.search(r"fmha|flash|cudnn|attention|attn", n, re.I)

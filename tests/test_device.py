@@ -4,7 +4,9 @@ the device checks. bench/gpu_check.py proves the rest on a GPU (tests/test_gpu_c
 
 import json
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -58,8 +60,8 @@ def test_bf16_run_through_fisher_then_evaluate_with_deterministic(tiny_bert_dir,
     assert config["bf16"] and config["deterministic"] and config["device"] == "cpu"
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert all(v == v for r in records if "fisher" in r for v in r["fisher"].values())  # tr(F) logged, finite
-    assert len(json.loads((out / "schedule.json").read_text())) == 3 and all("fisher" in e for e in
-                                                                            json.loads((out / "schedule.json").read_text()))
+    events = json.loads((out / "schedule.json").read_text())
+    assert len(events) == 3 and all("fisher" in e for e in events)  # FUN chose by tr(F) under bf16
     test_dir = tmp_path / "xnli"
     test_dir.mkdir()
     (test_dir / "dev-en.tsv").write_text(nli_files[1].read_text())
@@ -157,9 +159,9 @@ def test_rng_state_round_trip_is_plain_data():
     torch.manual_seed(3)
     state = rng_state(torch.device("cpu"))
     assert set(state) == {"python", "numpy", "torch"}  # no CUDA generator for a CPU run
-    draws = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    draws = (torch.rand(3), random.random(), np.random.rand())
     set_rng_state(state, torch.device("cpu"))
-    again = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(draws[0], again[0]) and draws[1:] == again[1:]
 
 
@@ -198,7 +200,7 @@ def test_pickled_checkpoint_is_refused_in_one_line(tiny_bert_dir, nli_files, tmp
     args = run_args(tiny_bert_dir, nli_files, out, "--max-steps", "2")
     assert train.main(args) == 0
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    state["rng"]["numpy"] = __import__("numpy").random.get_state()
+    state["rng"]["numpy"] = np.random.get_state()
     torch.save(state, out / "checkpoint.pt")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     line = one_error_line(capsys, train.main(args + ["--resume"]))
