@@ -1,6 +1,6 @@
 """The CUDA path in one command: what to run first on a new GPU machine (a script, not a test).
 
-    python bench/gpu_check.py                 # one GPU, under 8 minutes on an H100/H200 → bench/results/gpu-<GPU>.json
+    python bench/gpu_check.py                 # one GPU, sized for under 8 min on an H100/H200 → bench/results/gpu-<GPU>.json
     python bench/gpu_check.py --device cpu    # the same checks at tiny size on CPU (the test suite runs this)
 
 Needs no Hub access: multilingual-e5-small and MultiNLI / XNLI text from ../shared (--model, --train-file,
