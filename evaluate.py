@@ -27,7 +27,7 @@ from fun.evaluation import evaluate
 from fun.hub import LANG_ADAPTERS, MODELS, model_tag
 from fun.model import AdapterModel, freeze, load_adapter_weights, load_encoder, read_adapter_config
 from fun.run import SPLIT_NAMES, results_path
-from fun.tasks import TASKS, Task
+from fun.tasks import Task, build_task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,10 +181,8 @@ def run(args: argparse.Namespace) -> int:
     if not (run_dir / "config.json").exists():
         raise UsageError(f"{run_dir}: no config.json; expected a train.py run directory")
     cfg = json.loads((run_dir / "config.json").read_text())
-    task_name = args.task or cfg["task"]
-    if task_name not in TASKS:
-        raise UsageError(f"--task {task_name}: unknown task; choose one of {', '.join(TASKS)}")
-    task = TASKS[task_name]
+    with blame("--task"):
+        task = build_task(args.task or cfg["task"], cfg)  # the run's own settings rebuild its task
     checkpoint = run_dir / args.checkpoint
     with blame("--checkpoint"):
         meta = read_adapter_config(checkpoint)

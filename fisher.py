@@ -110,9 +110,9 @@ def dev_metric(run: dict) -> str | None:
     if not records:
         return None
     try:
-        from fun.tasks import TASKS
-        metric = TASKS[run["config"]["task"]].metric
-    except (ImportError, KeyError):
+        from fun.tasks import build_task
+        metric = build_task(run["config"]["task"], run["config"]).metric
+    except (ImportError, KeyError, ValueError):
         metric = None
     return metric if metric in records[0] else next(iter(records[0]))
 
@@ -234,7 +234,7 @@ def compute(args: argparse.Namespace) -> int:
     from fun.device import get_device
     from fun.fisher import fisher_trace
     from fun.model import AdapterModel, load_adapter_weights, load_encoder, read_adapter_config
-    from fun.tasks import TASKS
+    from fun.tasks import build_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,13 +243,12 @@ def compute(args: argparse.Namespace) -> int:
     if not saved.get("task_adapter"):
         raise UsageError(f"--adapter {args.adapter}: holds a fully fine-tuned encoder, no task adapter to measure")
     model_name, task_name = args.model or saved.get("model"), args.task or saved.get("task")
-    if task_name not in TASKS:
-        raise UsageError(f"--task {task_name}: unknown task; choose one of {', '.join(TASKS)}")
+    with blame("--task"):
+        task = build_task(task_name, saved)  # the settings the adapter was trained with rebuild its task
     if not model_name:
         raise UsageError("--model: the adapter config does not name its encoder; pass --model")
     with blame("--data"):
         check_file(args.data, "data file")
-    task = TASKS[task_name]
     with blame("--device"):
         device = get_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -38,7 +38,7 @@ from fun.hub import model_family
 from fun.model import AdapterModel, count_parameters, freeze, load_encoder, max_sequence_length, save_adapter
 from fun.run import ConfigMismatch, Progress, Run, RunExists
 from fun.schedules import SCHEDULES, last_unfreeze_step, set_trainable, unfreeze, validate_order
-from fun.tasks import TASKS, Task, task_loss
+from fun.tasks import TASKS, Task, build_task, task_loss
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +56,7 @@ def train(cfg: TrainConfig) -> int:
     """Algorithm 1: a task adapter on a frozen encoder, its layers unfrozen on `cfg.schedule`."""
     run = open_run(cfg)  # refuses to mix runs; SIGINT/SIGTERM → finish the step, checkpoint, exit
     device, autocast_dtype = setup(cfg)
-    task, schedule = TASKS[cfg.task], SCHEDULES[cfg.schedule]
+    task, schedule = build_task(cfg.task, cfg.to_dict()), SCHEDULES[cfg.schedule]
     model, tokenizer = build_model(cfg, task)  # line 3: initialise C and every θ_j (frozen encoder + Stack + head)
     train_split, dev_split = load_data(cfg, task, tokenizer)
     total, eval_every = plan_steps(cfg, train_split, model.num_layers)

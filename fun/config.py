@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from fun.hub import model_family
 from fun.mlm import MLM_DEFAULTS
 from fun.schedules import SCHEDULES, validate_order
-from fun.tasks import TASKS
+from fun.tasks import TASK_NAMES as BENCHMARKS, build_task
 
-TASK_NAMES = ("xnli", "xcopa", "xquad", "mlqa", "mlm")  # mlm: train a language adapter (fun/mlm.py)
+TASK_NAMES = (*BENCHMARKS, "mlm")  # mlm: train a language adapter (fun/mlm.py)
 
 
 class ConfigError(ValueError):
@@ -127,7 +127,7 @@ def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
         raise ConfigError("task", f"unknown task; choose one of {', '.join(TASK_NAMES)}")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError("schedule", f"unknown schedule; choose one of {', '.join(SCHEDULES)}")
-    defaults = MLM_DEFAULTS if cfg.task == "mlm" else TASKS[cfg.task].defaults
+    defaults = MLM_DEFAULTS if cfg.task == "mlm" else build_task(cfg.task, cfg.to_dict()).defaults
     try:
         family = model_family(cfg.model)
     except OSError as err:

@@ -1,7 +1,8 @@
-"""The one task interface: loading, tokenisation, head, metric per task (XNLI, XCOPA, XQuAD, MLQA).
+"""The one task interface: loading, tokenisation, head, metric per task (XNLI, XCOPA, XQuAD, MLQA, classify).
 
 The training loop, evaluation and the Fisher code only see `Task` and logits of shape (B, H, K) — H
 independent categorical distributions over K outcomes (fun/heads.py) — so none of them branch on the task.
+A task is built from a run's settings (`fun.tasks.build_task`), so a saved run rebuilds its task from config.json.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Defaults:
 
 
 class Task:
-    """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `score`."""
+    """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `decode`, `metrics`."""
 
     name: str
     metric: str                        # the model-selection metric key in `score`'s result
@@ -74,9 +75,21 @@ class Task:
     def make_head(self, hidden_size: int, dropout: float) -> nn.Module:
         raise NotImplementedError
 
+    def decode(self, split: Split, logits: list[torch.Tensor]):
+        """The model's per-feature logits (each (H, K)) → its predictions for the examples of `split`."""
+        raise NotImplementedError
+
+    def metrics(self, split: Split, predictions) -> dict[str, float]:
+        """Metrics of `decode`'s predictions against the gold labels of `split`."""
+        raise NotImplementedError
+
     def score(self, split: Split, logits: list[torch.Tensor]) -> dict[str, float]:
         """Metrics of the model's per-feature logits (each (H, K)) on `split`."""
-        raise NotImplementedError
+        return self.metrics(split, self.decode(split, logits))
+
+    def settings(self) -> dict:
+        """What rebuilding this task needs beyond its name (`fun.tasks.build_task`): nothing for the paper's tasks."""
+        return {}
 
     def split(self, split: str, tokenizer, max_length: int, path: str | None = None, lang: str = "en",
               max_examples: int | None = None, seed: int = 0) -> Split:
@@ -90,6 +103,11 @@ class Task:
             raise ValueError(f"{self.name} {split} data{' ' + str(path) if path else ''}: no examples")
         features = self.encode(examples, tokenizer, max_length, train=split == "train")
         return Split(examples, features, lang, f"{self.name}:{split}:{lang}")
+
+
+def argmax_choices(logits: list[torch.Tensor]) -> list[int]:
+    """The predicted class (or choice) per example of (1, K) logits: classification and multiple choice."""
+    return torch.stack(logits)[:, 0].argmax(-1).tolist()  # (N, 1, K) → (N,)
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

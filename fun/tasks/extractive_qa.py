@@ -98,9 +98,12 @@ class ExtractiveQA(Task):
     def make_head(self, hidden_size, dropout):
         return QuestionAnsweringHead(hidden_size, dropout)
 
-    def score(self, split: Split, logits):
-        predictions = decode_predictions(split.examples, split.features, [l[0] for l in logits],
-                                         [l[1] for l in logits], self.n_best, self.max_answer_length)
+    def decode(self, split: Split, logits) -> dict[str, str]:
+        """{question id: answer text}, the official SQuAD / MLQA prediction format."""
+        return decode_predictions(split.examples, split.features, [l[0] for l in logits], [l[1] for l in logits],
+                                  self.n_best, self.max_answer_length)
+
+    def metrics(self, split: Split, predictions: dict[str, str]):
         references = {e["id"]: e["answers"]["text"] for e in split.examples}
         style = split.examples[0]["normalization"]
         return qa_metrics(predictions, references, split.lang if style == "mlqa" else None, style)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from fun import hub
 from fun.data import Split, read_jsonl
 from fun.heads import MultipleChoiceHead
 from fun.metrics import accuracy
-from fun.tasks.base import Defaults, Task
+from fun.tasks.base import Defaults, Task, argmax_choices
 
 QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
 FILE_SPLIT = {"train": "train", "dev": "val", "test": "test"}  # our split names → the files' names
@@ -84,6 +82,8 @@ class XCOPA(Task):
     def make_head(self, hidden_size, dropout):
         return MultipleChoiceHead(hidden_size, dropout)
 
-    def score(self, split: Split, logits):
-        predictions = torch.stack(logits)[:, 0].argmax(-1).tolist()  # (N, 1, 2) → choice per example
+    def decode(self, split: Split, logits) -> list[int]:
+        return argmax_choices(logits)  # (N, 1, 2) → choice per example
+
+    def metrics(self, split: Split, predictions: list[int]):
         return {"accuracy": accuracy(predictions, [e["label"] for e in split.examples])}

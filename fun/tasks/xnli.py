@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from fun import hub
 from fun.data import Split, read_jsonl, read_tsv
 from fun.heads import ClassificationHead
 from fun.metrics import accuracy
-from fun.tasks.base import Defaults, Task
+from fun.tasks.base import Defaults, Task, argmax_choices
 
 LABELS = ("entailment", "neutral", "contradiction")
 LABEL_IDS = {**{name: i for i, name in enumerate(LABELS)}, "contradictory": 2, **{str(i): i for i in range(3)}}
@@ -88,6 +86,8 @@ class XNLI(Task):
     def make_head(self, hidden_size, dropout):
         return ClassificationHead(hidden_size, len(LABELS), dropout)
 
-    def score(self, split: Split, logits):
-        predictions = torch.stack(logits)[:, 0].argmax(-1).tolist()
+    def decode(self, split: Split, logits) -> list[int]:
+        return argmax_choices(logits)
+
+    def metrics(self, split: Split, predictions: list[int]):
         return {"accuracy": accuracy(predictions, [e["label"] for e in split.examples])}
