@@ -83,7 +83,15 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 10,1,0") from None
 
 
-PARSERS = {"int_list": int_list}
+def str_list(text: str) -> list[str]:
+    """argparse type: comma-separated names, e.g. sentence1,sentence2."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated names, e.g. sentence1,sentence2")
+    return items
+
+
+PARSERS = {"int_list": int_list, "str_list": str_list}
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -2,17 +2,23 @@
 
     python evaluate.py runs/xcopa-gu-s1 --test-dir ../shared/data/xcopa --source-file ../shared/data/copa/test.jsonl
 
-Rebuilds encoder + task adapter + head from RUN_DIR/best (or final), then scores English (the source) and
-every target language of the task. With language adapters (MAD-X), the run's source adapter is swapped for
-each target language's (--lang-adapters de=PATH,...); the task adapter and head stay. Writes
-RUN_DIR/results-<split>.json — task, metric, per_language, source (English), average (over the target
-languages, English excluded), lowest — and prints the result as a markdown row like paper Table 2.
+    python evaluate.py 'runs/xnli-gu/seed*' --test-dir ../shared/data/xnli --test-split dev      # several runs: one table
+
+Rebuilds encoder + task adapter + head from RUN_DIR/best (or final), and the task from the run's config.json, then
+scores English (the source) and every target language of the task. With language adapters (MAD-X), the run's source
+adapter is swapped for each target language's (--lang-adapters de=PATH,...); the task adapter and head stay. Writes
+RUN_DIR/results-<split>.json — task, metric, per_language, source (English), average (over the target languages,
+English excluded), lowest — and RUN_DIR/predictions-<split>/<lang>.json (QA: the official {question id: answer text})
+or .jsonl (one {id | line | row, prediction, label} per example), and prints the result as a markdown row like paper
+Table 2. Several runs end with one table of all of them, plus mean ± std over seeds of runs that differ only in seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,17 +28,20 @@ import torch
 import cli
 from cli import UsageError, blame, positive_int
 from fun.adapters import AdapterSet
+from fun.config import RESUMABLE
+from fun.data import LanguageNotFound
 from fun.device import get_device, set_deterministic
-from fun.evaluation import evaluate
+from fun.evaluation import predict
 from fun.hub import LANG_ADAPTERS, MODELS, model_tag
-from fun.model import AdapterModel, freeze, load_adapter_weights, load_encoder, read_adapter_config
+from fun.model import AdapterModel, freeze, load_adapter_weights, load_encoder, locate_model, read_adapter_config
 from fun.run import SPLIT_NAMES, results_path
 from fun.tasks import Task, build_task
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a train.py run directory (config.json, best/, final/)")
+    p.add_argument("run_dir", nargs="+", help="train.py run directories (config.json, best/, final/), or a quoted glob "
+                                             "('runs/gu/seed*'); several print one table, with mean ± std over seeds")
     p.add_argument("--task", help="default: the run's task; a SQuAD run evaluates on xquad and mlqa alike")
     p.add_argument("--model", help="encoder (Hub id or local directory); default: the one the run trained with")
     p.add_argument("--checkpoint", default="best", choices=("best", "final"), help="best English dev, or the last step")
@@ -40,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "default: the Hub dataset. Languages without a file are skipped and listed")
     p.add_argument("--source-file", help="English (source) file, when --test-dir has none (XCOPA: copa/test.jsonl)")
     p.add_argument("--test-split", default="test", choices=tuple(SPLIT_NAMES), help="per-language test or dev/val sets")
-    p.add_argument("--languages", help="comma-separated target languages (default: all of the task's); English "
-                                       "is always evaluated as the source")
+    p.add_argument("--languages", help="comma-separated target languages (default: all of the task's; --task classify: "
+                                       "the run's, or those with files in --test-dir); English is always evaluated as "
+                                       "the source")
     p.add_argument("--lang-adapters", help="target language adapters, de=PATH,es=PATH (en=PATH overrides the run's); "
                                            "a run trained on an AdapterHub adapter (the presets) takes the targets' "
                                            "AdapterHub adapters by default (fun/hub.py)")
@@ -61,12 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_languages(value: str | None, task: Task) -> list[str]:
+def parse_languages(value: str | None, task: Task, split: str = "test", test_dir: str | None = None) -> list[str]:
+    """--languages, or the task's own targets: the paper's, or for a task of your own the run's --languages or the
+    languages of the files in --test-dir."""
     if not value:
-        return list(task.languages)
+        langs = list(task.target_languages(split, test_dir))
+        if not langs:
+            where = (f"--test-dir {test_dir} holds no files of other languages ({expected_files(task, split, test_dir)})"
+                     if test_dir else "the run names none (train.py --languages)")
+            raise UsageError(f"--languages: which target languages? {where}; pass --languages de,fr,...")
+        return langs
     langs = [x.strip() for x in value.split(",") if x.strip() and x.strip() != task.source_lang]
-    allowed = task.languages + task.extra_languages
-    unknown = [x for x in langs if x not in allowed]
+    allowed = task.known_languages()
+    unknown = [x for x in langs if allowed is not None and x not in allowed]
     if unknown:
         raise UsageError(f"--languages: {', '.join(unknown)} not target languages of {task.name} "
                          f"(choose from {', '.join(allowed)})")
@@ -157,17 +174,27 @@ def summarise(task: Task, per_language: dict[str, dict]) -> tuple[dict, dict | N
     return average, {"lang": low, "value": targets[low][task.metric]}
 
 
-def markdown_row(results: dict, languages: list[str]) -> str:
-    """| task | en | lowest | avg | lang… | — the shape of paper Table 2 (QA cells: F1 / EM)."""
+def metric_keys(results: dict) -> list[str]:
+    """The metrics a table shows: the task's main metric, then the others it reports (QA: F1 / EM; a classification
+    task of your own: accuracy / macro-F1)."""
+    first = results["source"] or next(iter(results["per_language"].values()), None) or {}
+    return [results["metric"], *(k for k in first if k != results["metric"])]
+
+
+def table_cells(results: dict, languages: list[str], keys: list[str]) -> list[str]:
+    """The en, lowest, avg and per-language cells of one evaluation."""
     def cell(m: dict | None) -> str:
-        if not m:
-            return "—"
-        return f"{m['f1']:.2f} / {m['exact_match']:.2f}" if "exact_match" in m else f"{m[results['metric']]:.2f}"
+        return " / ".join(f"{m[k]:.2f}" for k in keys) if m else "—"
 
     low = results["lowest"]
-    cells = [f"{results['task']} ({results['metric']}, {results['split']})", cell(results["source"]),
-             f"{low['lang']} {low['value']:.2f}" if low else "—", cell(results["average"]) if results["average"] else "—",
-             *(cell(results["per_language"].get(lang)) for lang in languages)]
+    return [cell(results["source"]), f"{low['lang']} {low['value']:.2f}" if low else "—", cell(results["average"]),
+            *(cell(results["per_language"].get(lang)) for lang in languages)]
+
+
+def markdown_row(results: dict, languages: list[str]) -> str:
+    """| task | en | lowest | avg | lang… | — the shape of paper Table 2 (QA cells: F1 / EM)."""
+    keys = metric_keys(results)
+    cells = [f"{results['task']} ({' / '.join(keys)}, {results['split']})", *table_cells(results, languages, keys)]
     header = ["task", "en", "lowest", "avg", *languages]
     return "\n".join("| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), cells))
 
@@ -177,7 +204,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
+    run_dirs = expand_run_dirs(args.run_dir)
+    if len(run_dirs) > 1 and args.output:
+        raise UsageError(f"--output: {len(run_dirs)} run directories would write the same file; leave --output out "
+                         "(each run gets RUN_DIR/results-<split>.json)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = []
+    for run_dir in run_dirs:
+        try:
+            runs.append(evaluate_run(run_dir, args))
+        except UsageError as err:
+            raise UsageError(f"{run_dir}: {err}" if len(run_dirs) > 1 else str(err)) from None
+    if len(runs) > 1:
+        print("\n" + runs_table(runs))
+    return 0
+
+
+def expand_run_dirs(values: list[str]) -> list[Path]:
+    """The run directories named, a quoted glob ('runs/xnli-gu/seed*') expanded to the run directories it matches."""
+    out = []
+    for value in values:
+        if not Path(value).exists() and glob.has_magic(value):
+            matches = [Path(p) for p in sorted(glob.glob(value)) if (Path(p) / "config.json").is_file()]
+            if not matches:
+                raise UsageError(f"{value}: no run directory (with a config.json) matches")
+            out += matches
+        else:
+            out.append(Path(value))
+    return list(dict.fromkeys(out))
+
+
+def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict:
+    """Evaluate one run on every language; write its results and predictions; print its Table 2 row."""
     if not (run_dir / "config.json").exists():
         raise UsageError(f"{run_dir}: no config.json; expected a train.py run directory")
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -186,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = run_dir / args.checkpoint
     with blame("--checkpoint"):
         meta = read_adapter_config(checkpoint)
+    with blame("--model"):  # a local model is found (or not) before anything loads
+        model_name = args.model or locate_model(meta["model"], meta.get("model_dir") or cfg.get("model_dir"))
     split = SPLIT_NAMES[args.test_split]
     if args.test_dir and not Path(args.test_dir).is_dir():
         raise UsageError(f"--test-dir {args.test_dir}: not a directory")
@@ -197,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         set_deterministic()
 
     # --- what to evaluate: data per language (cheap checks first), language adapters -----------------------
-    targets = parse_languages(args.languages, task)
+    targets = parse_languages(args.languages, task, split, args.test_dir)
     data, skipped = {}, {}
     for lang in [task.source_lang, *targets]:
         path, reason = locate_data(task, split, lang, args)
@@ -207,21 +268,25 @@ def run(args: argparse.Namespace) -> int:
             data[lang] = path
     if not any(lang in data for lang in targets):
         raise UsageError(f"--test-dir {args.test_dir}: no {task.name} {args.test_split} files for any of "
-                         f"{', '.join(targets)} ({skipped[targets[0]]}, ...)")
+                         f"{', '.join(targets)}; {expected_files(task, split, args.test_dir)}")
     source_adapter = strip_lang(meta["lang_adapter"]) if meta.get("lang_adapter") else None
     given = parse_lang_adapters(args.lang_adapters)
-    unknown = sorted(set(given) - {task.source_lang, *task.languages, *task.extra_languages})
+    known = task.known_languages()
+    unknown = sorted(set(given) - {task.source_lang, *known}) if known is not None else []
     if unknown:
         raise UsageError(f"--lang-adapters: {', '.join(unknown)} not languages of {task.name} "
-                         f"({', '.join(task.languages + task.extra_languages)}; en for the source)")
+                         f"({', '.join(known)}; en for the source)")
     adapters = plan_adapters(source_adapter, given, [lang for lang in targets if lang in data], args.no_lang_adapter_ok,
-                             args.model or meta["model"])
+                             model_name)
 
     # --- model ---------------------------------------------------------------------------------------------
-    model, tokenizer = build_model(task, checkpoint, meta, args.model or meta["model"])
+    model, tokenizer = build_model(task, checkpoint, meta, model_name)
     model.to(device)
     max_length = args.max_length or meta.get("max_length") or task.defaults.max_length
     autocast_dtype = torch.bfloat16 if args.bf16 else None
+    output = Path(args.output) if args.output else results_path(run_dir, task.name, cfg["task"], split, args.checkpoint)
+    predictions_dir = output.with_name(output.stem.replace("results", "predictions", 1) if "results" in output.stem
+                                       else output.stem + "-predictions")
 
     per_language, examples = {}, {}
     for lang, path in data.items():
@@ -234,15 +299,22 @@ def run(args: argparse.Namespace) -> int:
         try:
             source = lang == task.source_lang and (args.source_file or not args.test_dir)
             with blame("--source-file" if source else "--test-dir"):
-                lang_split = task.split(split, tokenizer, max_length, path, lang, max_examples=args.max_samples,
-                                        seed=0)
+                try:
+                    lang_split = task.split(split, tokenizer, max_length, path, lang, max_examples=args.max_samples,
+                                            seed=0)
+                except LanguageNotFound as err:  # a file of several languages without this one: report the others
+                    skipped[lang] = str(err)
+                    continue
         except UsageError as err:  # e.g. XCOPA's English test is not on the Hub: report the targets anyway
             if lang != task.source_lang or path is not None:
                 raise
             skipped[lang] = str(err)
             continue
-        per_language[lang] = evaluate(model, task, lang_split, args.batch_size, tokenizer.pad_token_id, device,
-                                      autocast_dtype, progress=not args.no_progress)
+        logits = predict(model, task, lang_split, args.batch_size, tokenizer.pad_token_id, device, autocast_dtype,
+                         progress=not args.no_progress)
+        predictions = task.decode(lang_split, logits)
+        per_language[lang] = task.metrics(lang_split, predictions)
+        write_predictions(predictions_dir / lang, task.prediction_records(lang_split, predictions))
         examples[lang] = len(lang_split.examples)
         print(f"{lang}: " + ", ".join(f"{k} {v:.2f}" for k, v in per_language[lang].items())
               + f" ({examples[lang]} examples)", file=sys.stderr)
@@ -250,19 +322,93 @@ def run(args: argparse.Namespace) -> int:
     source = per_language.pop(task.source_lang, None)
     average, lowest = summarise(task, per_language)
     results = dict(task=task.name, metric=task.metric, split=args.test_split, checkpoint=args.checkpoint,
-                   step=meta.get("step"), run_dir=str(run_dir), model=args.model or meta["model"], max_length=max_length,
+                   step=meta.get("step"), run_dir=str(run_dir), model=model_name, max_length=max_length,
                    source=source, per_language=per_language, average=average, lowest=lowest, examples=examples,
                    skipped=skipped, lang_adapters={lang: adapters.get(lang) for lang in data},
-                   max_samples=args.max_samples)
-    output = Path(args.output) if args.output else results_path(run_dir, task.name, cfg["task"], split, args.checkpoint)
+                   max_samples=args.max_samples, predictions=str(predictions_dir))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
 
     print(markdown_row(results, targets))
     if skipped:
         print("skipped (no data): " + "; ".join(f"{lang}: {why}" for lang, why in skipped.items()))
-    print(f"results → {output}")
-    return 0
+    print(f"results → {output}; predictions → {predictions_dir}/")
+    return dict(results, config=cfg, targets=targets)
+
+
+def write_predictions(path: Path, records: dict | list[dict]) -> Path:
+    """PATH.json for a {question id: answer} dict (the official SQuAD / MLQA format), PATH.jsonl for one record per
+    example."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(records, dict):
+        path = path.with_suffix(".json")
+        path.write_text(json.dumps(records, ensure_ascii=False, indent=1))
+    else:
+        path = path.with_suffix(".jsonl")
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def expected_files(task: Task, split: str, test_dir: str | None) -> str:
+    """What a directory of per-language files should hold, and, for a test split, whether dev files would do."""
+    with blame("--test-split"):
+        names = [p.name if p.parent == Path(test_dir) else str(p.relative_to(test_dir))
+                 for p in task.local_files(split, test_dir, "<lang>")]
+    text = "expected " + " or ".join(dict.fromkeys(names))
+    if split == "test":
+        try:
+            dev = [str(p.relative_to(test_dir)) for p in task.local_files("dev", test_dir, "<lang>")]
+        except ValueError:  # no per-language dev sets (XQuAD)
+            dev = []
+        if dev:
+            text += f"; --test-split dev reads the dev files instead ({' or '.join(dict.fromkeys(dev))})"
+    return text
+
+
+# --- several runs: one table -------------------------------------------------------------------------------
+
+def seed_groups(runs: list[dict]) -> list[list[int]]:
+    """Indices of runs whose config.json differ only in the seed (and in what does not change results), with 2+ runs."""
+    ignore = RESUMABLE | {"seed", "model_dir"}
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        key = json.dumps({k: v for k, v in r["config"].items() if k not in ignore}, sort_keys=True)
+        groups.setdefault(key + r["task"], []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def runs_table(runs: list[dict]) -> str:
+    """Paper Table 2's layout with the runs as rows, then mean ± sample std over seeds of runs that differ only in
+    their seed (experiments.aggregate builds the paper's tables, with paired statistics, from a sweep)."""
+    from experiments.aggregate import cell as mean_cell
+
+    tasks = {r["task"] for r in runs}
+    if len(tasks) > 1:
+        return "(no common table: the runs were evaluated on different tasks: " + ", ".join(sorted(tasks)) + ")"
+    languages = list(dict.fromkeys(lang for r in runs for lang in r["targets"] if lang in r["per_language"]))
+    keys = metric_keys(runs[0])
+    header = ["run", "seed", "en", "lowest", "avg", *languages]
+    rows = [[r["run_dir"], str(r["config"].get("seed")), *table_cells(r, languages, keys)] for r in runs]
+    for group in seed_groups(runs):
+        members = [runs[i] for i in group]
+
+        def values(where: str, lang: str | None = None) -> list[dict]:
+            return [m["source"] if where == "en" else m["average"] if where == "avg" else m["per_language"].get(lang)
+                    for m in members]
+
+        def summary(metrics: list[dict | None]) -> str:
+            present = [m for m in metrics if m]
+            return " / ".join(mean_cell([m[k] for m in present]) for k in keys) if present else "—"
+
+        means = {lang: sum(v[runs[0]["metric"]] for v in vs) / len(vs)
+                 for lang in languages if (vs := [v for v in values("lang", lang) if v])}
+        low = min(means, key=means.get) if means else None
+        name = os.path.commonprefix([m["run_dir"] for m in members]) + "*"
+        rows.append([f"{name}: mean ± std", ",".join(str(m["config"].get("seed")) for m in members),
+                     summary(values("en")), f"{low} {summary(values('lang', low))}" if low else "—",
+                     summary(values("avg")), *(summary(values("lang", lang)) for lang in languages)])
+    title = f"{runs[0]['task']} ({' / '.join(keys)}, {runs[0]['split']})"
+    return title + "\n" + "\n".join("| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), *rows))
 
 
 if __name__ == "__main__":

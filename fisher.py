@@ -233,7 +233,7 @@ def compute(args: argparse.Namespace) -> int:
     from fun.data import check_file, collate
     from fun.device import get_device
     from fun.fisher import fisher_trace
-    from fun.model import AdapterModel, load_adapter_weights, load_encoder, read_adapter_config
+    from fun.model import AdapterModel, load_adapter_weights, load_encoder, locate_model, read_adapter_config
     from fun.tasks import build_task
 
     if args.threads:
@@ -242,11 +242,13 @@ def compute(args: argparse.Namespace) -> int:
         saved = read_adapter_config(args.adapter)
     if not saved.get("task_adapter"):
         raise UsageError(f"--adapter {args.adapter}: holds a fully fine-tuned encoder, no task adapter to measure")
-    model_name, task_name = args.model or saved.get("model"), args.task or saved.get("task")
+    task_name = args.task or saved.get("task")
     with blame("--task"):
         task = build_task(task_name, saved)  # the settings the adapter was trained with rebuild its task
-    if not model_name:
+    if not (args.model or saved.get("model")):
         raise UsageError("--model: the adapter config does not name its encoder; pass --model")
+    with blame("--model"):  # a local model is found (or not) before anything loads
+        model_name = args.model or locate_model(saved["model"], saved.get("model_dir"))
     with blame("--data"):
         check_file(args.data, "data file")
     with blame("--device"):

@@ -29,13 +29,14 @@ import cli
 from cli import UsageError, blame, flag
 from fun import mlm
 from fun.adapters import AdapterSet
-from fun.config import RESUMABLE, TrainConfig, resolve
+from fun.config import RESUMABLE, TASK_SETTINGS, TrainConfig, resolve
 from fun.data import Split, collate, feature_length, to_device, training_batches
 from fun.device import allow_tf32, get_device, set_deterministic
 from fun.evaluation import evaluate
 from fun.fisher import fisher_trace
 from fun.hub import model_family
-from fun.model import AdapterModel, count_parameters, freeze, load_encoder, max_sequence_length, save_adapter
+from fun.model import (AdapterModel, count_parameters, freeze, load_encoder, max_sequence_length, model_dir,
+                       save_adapter)
 from fun.run import ConfigMismatch, Progress, Run, RunExists
 from fun.schedules import SCHEDULES, last_unfreeze_step, set_trainable, unfreeze, validate_order
 from fun.tasks import TASKS, Task, build_task, task_loss
@@ -57,6 +58,8 @@ def train(cfg: TrainConfig) -> int:
     run = open_run(cfg)  # refuses to mix runs; SIGINT/SIGTERM → finish the step, checkpoint, exit
     device, autocast_dtype = setup(cfg)
     task, schedule = build_task(cfg.task, cfg.to_dict()), SCHEDULES[cfg.schedule]
+    with blame(data_flag(cfg, "train")):  # what rebuilds the task: a classify run's label set comes from its data
+        cfg = dataclasses.replace(cfg, **task.settings())
     model, tokenizer = build_model(cfg, task)  # line 3: initialise C and every θ_j (frozen encoder + Stack + head)
     train_split, dev_split = load_data(cfg, task, tokenizer)
     total, eval_every = plan_steps(cfg, train_split, model.num_layers)
@@ -199,14 +202,19 @@ def build_model(cfg: TrainConfig, task: Task) -> tuple[AdapterModel, object]:
 
 
 def load_data(cfg: TrainConfig, task: Task, tokenizer) -> tuple[Split, Split]:
-    """English training and dev splits: local files in the official format, or the Hub (fun/hub.py)."""
-    with blame("--train-file"):
+    """English training and dev splits: local files in the official format, or the Hub (fun/hub.py, or --dataset)."""
+    with blame(data_flag(cfg, "train")):
         train_split = task.split("train", tokenizer, cfg.max_length, cfg.train_file,
                                  max_examples=cfg.max_train_samples, seed=cfg.seed)
-    with blame("--dev-file"):
+    with blame(data_flag(cfg, "dev")):
         dev_split = task.split("dev", tokenizer, cfg.max_length, cfg.dev_file,
                                max_examples=cfg.max_dev_samples, seed=cfg.seed)
     return train_split, dev_split
+
+
+def data_flag(cfg: TrainConfig, split: str) -> str:
+    """The flag that chose the `split` data: --train-file / --dev-file, or --dataset (a Hub dataset of your own)."""
+    return f"--{split}-file" if getattr(cfg, f"{split}_file") or not cfg.dataset else "--dataset"
 
 
 def lengths(split: Split) -> list[int]:
@@ -229,7 +237,7 @@ def plan_steps(cfg: TrainConfig, train_split: Split, num_layers: int) -> tuple[i
 
 def start_run(run: Run, cfg: TrainConfig, model: AdapterModel, train_split: Split, total: int) -> None:
     """config.json: every setting and what follows from them (a resumed run must agree with it)."""
-    config = dict(cfg.to_dict(), model_family=model_family(cfg.model), total_steps=total,
+    config = dict(cfg.to_dict(), model_dir=model_dir(cfg.model), model_family=model_family(cfg.model), total_steps=total,
                   steps_per_epoch=len(train_split.features) // cfg.batch_size, num_layers=model.num_layers,
                   train_examples=len(train_split.examples), train_features=len(train_split.features))
     try:
@@ -318,8 +326,9 @@ def save(run: Run, name: str, model: AdapterModel, cfg: TrainConfig, **meta) -> 
     """What the run trained → RUN/best or RUN/final (fun.model.save_adapter), with what rebuilding it needs."""
     parts = model.trained_parts()
     save_adapter(run.dir / name, parts, parts["task"].config if "task" in parts else None, dict(
-        task=cfg.task, model=cfg.model, schedule=cfg.schedule, seed=cfg.seed, hidden_size=model.encoder.config.hidden_size,
-        num_layers=model.num_layers, max_length=cfg.max_length, lang_adapter=cfg.lang_adapter, lang=cfg.lang, **meta))
+        task=cfg.task, model=cfg.model, model_dir=model_dir(cfg.model), schedule=cfg.schedule, seed=cfg.seed,
+        hidden_size=model.encoder.config.hidden_size, num_layers=model.num_layers, max_length=cfg.max_length,
+        lang_adapter=cfg.lang_adapter, lang=cfg.lang, **{k: getattr(cfg, k) for k in TASK_SETTINGS}, **meta))
 
 
 def stopped(run: Run, bar, step: int) -> int:

@@ -170,9 +170,9 @@ class Row:
 
     @property
     def metrics(self) -> list[str]:
-        """The main metric, then EM for QA (paper Table 2: F1 / EM)."""
+        """The main metric, then the task's others: EM for QA (paper Table 2: F1 / EM), macro-F1 for classify."""
         first = self.results[0]
-        return [first.metric] + [m for m in ("exact_match",) if m != first.metric and m in first.average]
+        return [first.metric] + [m for m in first.average if m != first.metric]
 
     def seeds(self) -> list[int]:
         return sorted(r.seed for r in self.results)

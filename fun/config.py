@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from fun.hub import model_family
 from fun.mlm import MLM_DEFAULTS
 from fun.schedules import SCHEDULES, validate_order
-from fun.tasks import TASK_NAMES as BENCHMARKS, build_task
+from fun.tasks import TASK_NAMES as TASK_ADAPTER_TASKS, SettingError, build_task
 
-TASK_NAMES = (*BENCHMARKS, "mlm")  # mlm: train a language adapter (fun/mlm.py)
+TASK_NAMES = (*TASK_ADAPTER_TASKS, "mlm")  # mlm: train a language adapter (fun/mlm.py)
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,27 @@ class TrainConfig:
     output_dir: str | None = option(None, "run directory", required=True)
     preset: str | None = option(None, "start from a paper configuration (python train.py --list-presets); "
                                       "flags given explicitly override its values")
+
+    text_columns: list[str] | None = option(None, "one text column, or two for sentence pairs, e.g. sentence1,sentence2",
+                                            group="your own task (--task classify; see the README)", parse="str_list")
+    label_column: str | None = option(None, "label column (default: label); labels are strings or integers")
+    labels: list[str] | None = option(None, "the labels in class-id order, e.g. no,yes (default: the sorted training "
+                                            "labels); with names, an integer label is a position in this list",
+                                      parse="str_list")
+    id_column: str | None = option(None, "column of example ids for the predictions files (default: id; else the "
+                                         "line or row)")
+    languages: list[str] | None = option(None, "target languages evaluate.py tests (default: those of the files in "
+                                               "its --test-dir)", parse="str_list")
+    file_pattern: str | None = option(None, "names of per-language files in evaluate.py's --test-dir, with {lang} "
+                                            "and {split} (dev/test); default: {split}-{lang}.tsv, .csv or .jsonl")
+    dataset: str | None = option(None, "Hugging Face Hub dataset instead of local files, a namespaced id "
+                                       "(owner/name), e.g. google-research-datasets/paws-x")
+    dataset_config: str | None = option(None, "its config, {lang} for the language, e.g. '{lang}'")
+    dataset_revision: str | None = option(None, "its revision (refs/convert/parquet: the Hub's Parquet conversion of "
+                                                "a script-only dataset)")
+    dataset_train_split: str | None = option(None, "its English training split (default: train)")
+    dataset_dev_split: str | None = option(None, "its English dev split, for model selection (default: validation)")
+    dataset_test_split: str | None = option(None, "its test split per language (default: test; {lang} allowed)")
 
     lang: str | None = option(None, "language of the --task mlm text (names the adapter), e.g. sw",
                               group="language adapter training (--task mlm; paper App. B)")
@@ -116,8 +137,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Settings that may differ between a run and its resumption: they do not change what is computed.
-RESUMABLE = frozenset({"resume", "overwrite", "save_every", "no_progress", "threads", "device", "output_dir"})
+# Settings that may differ between a run and its resumption: they do not change what is computed (model_dir: the
+# absolute path of a local --model, which moves with the files).
+RESUMABLE = frozenset({"resume", "overwrite", "save_every", "no_progress", "threads", "device", "output_dir",
+                       "model_dir"})
+# The settings a classification task of your own is built from (fun.tasks.build_task): saved with its adapter.
+TASK_SETTINGS = ("text_columns", "label_column", "labels", "id_column", "languages", "file_pattern", "dataset",
+                 "dataset_config", "dataset_revision", "dataset_train_split", "dataset_dev_split", "dataset_test_split")
 
 
 def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
@@ -127,7 +153,10 @@ def resolve(cfg: TrainConfig, cuda_available: bool = False) -> TrainConfig:
         raise ConfigError("task", f"unknown task; choose one of {', '.join(TASK_NAMES)}")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError("schedule", f"unknown schedule; choose one of {', '.join(SCHEDULES)}")
-    defaults = MLM_DEFAULTS if cfg.task == "mlm" else build_task(cfg.task, cfg.to_dict()).defaults
+    try:
+        defaults = MLM_DEFAULTS if cfg.task == "mlm" else build_task(cfg.task, cfg.to_dict()).defaults
+    except SettingError as err:
+        raise ConfigError(err.field, str(err)) from None
     try:
         family = model_family(cfg.model)
     except OSError as err:
@@ -175,6 +204,11 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("fisher_every", "tr(F) measures task adapters, and full fine-tuning has none")
     if cfg.task != "mlm" and cfg.mlm_train != "adapter":
         raise ConfigError("mlm_train", "is for --task mlm")
+    if cfg.task != "mlm":
+        try:
+            build_task(cfg.task, cfg.to_dict()).check_training(cfg.to_dict())
+        except SettingError as err:
+            raise ConfigError(err.field, str(err)) from None
     if cfg.task == "mlm":
         if not cfg.lang and cfg.mlm_train == "adapter":
             raise ConfigError("lang", "training a language adapter needs the language code of its text (it names "

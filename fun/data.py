@@ -7,6 +7,7 @@ Features are plain dicts of Python lists (`input_ids`, `attention_mask`, optiona
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,10 @@ def length_sorted_batches(features: Sequence[dict], batch_size: int) -> list[lis
 
 # --- reading local files, with errors that name the file and line --------------------------------------------
 
+class LanguageNotFound(ValueError):
+    """A file of several languages (a `language` column) holds no rows of the language asked for."""
+
+
 def check_file(path: str | Path, what: str = "file") -> Path:
     """`path` if it is a non-empty file; else FileNotFoundError / ValueError naming it."""
     path = Path(path)
@@ -136,9 +141,56 @@ def read_jsonl(path: str | Path, what: str = "data file") -> Iterator[tuple[int,
 
 
 def read_tsv(path: str | Path, what: str = "data file") -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) for each non-blank line, split on tabs (no quoting, as XTREME's and XNLI's TSV files)."""
     path = check_file(path, what)
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n").rstrip("\r")
             if line.strip():
                 yield n, line.split("\t")
+
+
+def read_csv(path: str | Path, what: str = "data file") -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) for each non-blank row of a CSV file (quoted cells may span lines: the row's first line)."""
+    path = check_file(path, what)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        start = 1
+        try:
+            for cells in reader:
+                if any(c.strip() for c in cells):
+                    yield start, cells
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise ValueError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+
+
+TABLE_FORMATS = {".jsonl": "JSONL", ".json": "JSONL", ".csv": "CSV", ".tsv": "TSV", ".txt": "TSV"}
+
+
+def read_table(path: str | Path, columns: Sequence[str], what: str = "data file") -> Iterator[tuple[int, dict]]:
+    """(line number, {column: value}) for each row of a JSONL, CSV or TSV file (by suffix; TSV otherwise).
+
+    A CSV/TSV file's first row is its header when it names every one of `columns`; otherwise the file has no header
+    and its cells are `columns`, in that order (as XTREME's `premise<TAB>hypothesis<TAB>label`). Every row must hold
+    every column; errors name the file and line."""
+    path = Path(path)
+    if TABLE_FORMATS.get(path.suffix.lower()) == "JSONL":
+        for n, obj in read_jsonl(path, what):
+            missing = [c for c in columns if c not in obj]
+            if missing:
+                raise ValueError(f"{path}:{n}: no key {', '.join(map(repr, missing))} (keys: {', '.join(obj)})")
+            yield n, obj
+        return
+    rows = read_csv(path, what) if TABLE_FORMATS.get(path.suffix.lower()) == "CSV" else read_tsv(path, what)
+    header, layout = None, ""
+    for n, cells in rows:
+        if header is None:
+            named = [c.strip() for c in cells]
+            if set(columns) <= set(named):  # a header row
+                header, layout = named, f"in the header on line {n}"
+                continue
+            header, layout = list(columns), "without a header: " + ", ".join(columns)
+        if len(cells) != len(header):
+            raise ValueError(f"{path}:{n}: {len(cells)} cells; expected {len(header)}, as {layout}")
+        yield n, dict(zip(header, cells))

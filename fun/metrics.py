@@ -1,4 +1,5 @@
-"""Evaluation metrics of the paper's tasks (paper §4): accuracy for XNLI/XCOPA, F1/EM for XQuAD/MLQA.
+"""Evaluation metrics of the paper's tasks (paper §4): accuracy for XNLI/XCOPA, F1/EM for XQuAD/MLQA; macro-F1
+for classification tasks of your own.
 
 Two QA normalisations, each a faithful re-implementation of an official script:
 
@@ -32,6 +33,21 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
         raise ValueError("accuracy: no labels")
     correct = sum(int(p) == int(y) for p, y in zip(predictions, labels))
     return 100.0 * correct / len(labels)
+
+
+def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    """Percentage: the mean over classes of each class's F1, over the classes that occur as gold or prediction
+    (scikit-learn's `f1_score(average="macro")`)."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"macro_f1: {len(predictions)} predictions vs {len(labels)} labels")
+    if not labels:
+        raise ValueError("macro_f1: no labels")
+    scores = []
+    for c in sorted(set(labels) | set(predictions)):
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
+        predicted, gold = sum(p == c for p in predictions), sum(y == c for y in labels)
+        scores.append(2 * tp / (predicted + gold))  # F1 = 2TP / (2TP + FP + FN); predicted + gold > 0 here
+    return 100.0 * sum(scores) / len(scores)
 
 
 # --------------------------------------------------------------------------- SQuAD v1.1

@@ -58,6 +58,24 @@ def load_encoder(name_or_path: str) -> tuple[nn.Module, object]:
     return encoder, tokenizer
 
 
+def model_dir(name_or_path: str) -> str | None:
+    """The absolute path of a local model directory (None for a Hub id): a run stores it next to `--model` as given,
+    so that a relative path still finds the model from another working directory."""
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else None
+
+
+def locate_model(name_or_path: str, saved_dir: str | None = None) -> str:
+    """The model a run was trained with: `name_or_path` as given when it is a directory here, else the absolute
+    `saved_dir` stored at training time, else a Hub id. A run trained on a local directory that is found under
+    neither path is a FileNotFoundError naming both, before anything loads."""
+    if Path(name_or_path).is_dir() or saved_dir is None:
+        return name_or_path
+    if Path(saved_dir).is_dir():
+        return saved_dir
+    raise FileNotFoundError(f"the run's model directory {name_or_path} is not here: tried {Path(name_or_path).resolve()} "
+                            f"and {saved_dir}, where it was at training time")
+
+
 def max_sequence_length(config) -> int | None:
     """The most tokens the encoder's position embeddings cover (None: relative positions only, no limit).
     XLM-R/RoBERTa count positions from padding_idx + 1, so 514 embeddings hold 512 tokens."""

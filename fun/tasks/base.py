@@ -7,8 +7,10 @@ A task is built from a run's settings (`fun.tasks.build_task`), so a saved run r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,14 @@ class Defaults:
         return self.k.get((family, column)) or self.k.get(("mbert", column)) or self.k.get(("mbert", "gu"), 800)
 
 
+class SettingError(ValueError):
+    """A task setting that cannot work; `field` names it (fun/config.py reports it as that field's flag)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class Task:
     """Base class: subclasses set the attributes and implement `load`, `encode`, `make_head`, `decode`, `metrics`."""
 
@@ -63,10 +73,24 @@ class Task:
         official format) or, when `path` is None, from the Hugging Face Hub (fun/hub.py)."""
         raise NotImplementedError
 
+    def local_files(self, split: str, directory: str | Path, lang: str) -> list[Path]:
+        """The files `load(split, directory, lang)` looks for in a local directory, in the order it tries them
+        ([]: the task does not say)."""
+        return []
+
     def local_file(self, split: str, directory: str | Path, lang: str) -> Path | None:
-        """The file `load(split, directory, lang)` reads in a local directory of the official layout, so that
-        evaluate.py can skip languages whose files are absent (None: the task does not say)."""
-        return None
+        """The file `load(split, directory, lang)` reads: the first of `local_files` that exists, else the first, so
+        that evaluate.py can skip languages whose files are absent (None: the task does not say)."""
+        files = self.local_files(split, directory, lang)
+        return next((f for f in files if f.exists()), files[0] if files else None)
+
+    def target_languages(self, split: str, directory: str | Path | None) -> tuple[str, ...]:
+        """The zero-shot target languages evaluate.py takes when none are given: the paper's (paper §4)."""
+        return self.languages
+
+    def known_languages(self) -> tuple[str, ...] | None:
+        """The languages `--languages` may name (None: any)."""
+        return self.languages + self.extra_languages
 
     def encode(self, examples: list[dict], tokenizer, max_length: int, train: bool) -> list[dict]:
         """Examples → features (lists of token ids, with `labels` of shape (H,) or () for training)."""
@@ -87,6 +111,19 @@ class Task:
         """Metrics of the model's per-feature logits (each (H, K)) on `split`."""
         return self.metrics(split, self.decode(split, logits))
 
+    def prediction_records(self, split: Split, predictions):
+        """What evaluate.py writes for `decode`'s predictions: one record per example, with its id, line or row in
+        the data, the predicted and the gold label (span QA: the official {question id: answer text})."""
+        return [dict(where(e), prediction=self.label_name(p), label=self.label_name(e["label"]))
+                for e, p in zip(split.examples, predictions)]
+
+    def label_name(self, index: int):
+        """How predictions files name a class."""
+        return index
+
+    def check_training(self, settings: Mapping[str, Any]) -> None:
+        """Refuse training settings (a TrainConfig's fields) this task cannot work with: SettingError naming the field."""
+
     def settings(self) -> dict:
         """What rebuilding this task needs beyond its name (`fun.tasks.build_task`): nothing for the paper's tasks."""
         return {}
@@ -103,6 +140,11 @@ class Task:
             raise ValueError(f"{self.name} {split} data{' ' + str(path) if path else ''}: no examples")
         features = self.encode(examples, tokenizer, max_length, train=split == "train")
         return Split(examples, features, lang, f"{self.name}:{split}:{lang}")
+
+
+def where(example: dict) -> dict:
+    """Where an example comes from: its `id` in the data, its `line` in a local file, its `row` in a Hub split."""
+    return {k: example[k] for k in ("id", "line", "row") if k in example}
 
 
 def argmax_choices(logits: list[torch.Tensor]) -> list[int]:

@@ -103,6 +103,9 @@ class ExtractiveQA(Task):
         return decode_predictions(split.examples, split.features, [l[0] for l in logits], [l[1] for l in logits],
                                   self.n_best, self.max_answer_length)
 
+    def prediction_records(self, split: Split, predictions: dict[str, str]) -> dict[str, str]:
+        return predictions  # the official format: the SQuAD v1.1 and MLQA scripts read it as it is
+
     def metrics(self, split: Split, predictions: dict[str, str]):
         references = {e["id"]: e["answers"]["text"] for e in split.examples}
         style = split.examples[0]["normalization"]
@@ -113,10 +116,10 @@ class XQuAD(ExtractiveQA):
     name = "xquad"
     languages = ("ar", "de", "el", "es", "hi", "ru", "th", "tr", "vi", "zh")
 
-    def local_file(self, split: str, directory: str | Path, lang: str) -> Path:
+    def local_files(self, split: str, directory: str | Path, lang: str) -> list[Path]:
         if split != "test":
             raise ValueError("XQuAD has only a test set per language (SQuAD dev is the English dev set)")
-        return Path(directory) / f"xquad.{lang}.json"
+        return [Path(directory) / f"xquad.{lang}.json"]
 
 
 class MLQA(ExtractiveQA):
@@ -124,9 +127,8 @@ class MLQA(ExtractiveQA):
     languages = ("ar", "de", "es", "hi", "vi", "zh")
     normalization = "mlqa"
 
-    def local_file(self, split: str, directory: str | Path, lang: str) -> Path:
+    def local_files(self, split: str, directory: str | Path, lang: str) -> list[Path]:
         name = "dev" if split == "dev" else "test"
         file = f"{name}-context-{lang}-question-{lang}.json"
-        candidates = [Path(directory) / file, Path(directory) / name / file]  # flat, or MLQA_V1/{dev,test}/
-        return next((c for c in candidates if c.exists()), candidates[0])
+        return [Path(directory) / file, Path(directory) / name / file]  # flat, or MLQA_V1/{dev,test}/
 

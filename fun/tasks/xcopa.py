@@ -38,11 +38,11 @@ def copa_example(obj: dict, where: str) -> dict:
     if label not in (0, 1) or isinstance(label, bool):
         raise ValueError(f"{where}: 'label' is {label!r}; expected 0 (choice1) or 1 (choice2)")
     return dict(premise=obj["premise"], choice1=obj["choice1"], choice2=obj["choice2"],
-                question=obj["question"], label=label)
+                question=obj["question"], label=label, **({"id": obj["idx"]} if "idx" in obj else {}))
 
 
 def read_copa_file(path: str | Path) -> list[dict]:
-    return [copa_example(obj, f"{path}:{n}") for n, obj in read_jsonl(path, "COPA/XCOPA file")]
+    return [dict(copa_example(obj, f"{path}:{n}"), line=n) for n, obj in read_jsonl(path, "COPA/XCOPA file")]
 
 
 class XCOPA(Task):
@@ -55,12 +55,12 @@ class XCOPA(Task):
                         k={("mbert", "lpft"): 800, ("mbert", "gu"): 50, ("mbert", "fun"): 50,
                            ("xlmr", "lpft"): 800, ("xlmr", "gu"): 1000, ("xlmr", "fun"): 1000})
 
-    def local_file(self, split: str, directory: str | Path, lang: str) -> Path:
+    def local_files(self, split: str, directory: str | Path, lang: str) -> list[Path]:
         directory, name = Path(directory), FILE_SPLIT[split]
         candidates = [directory / lang / f"{name}.{lang}.jsonl", directory / f"{name}.{lang}.jsonl"]
         if lang == "en":
             candidates.append(directory / f"{name}.jsonl")
-        return next((c for c in candidates if c.exists()), candidates[0])
+        return candidates
 
     def load(self, split: str, path: str | None = None, lang: str = "en") -> list[dict]:
         if path is not None:
@@ -68,7 +68,7 @@ class XCOPA(Task):
         spec = hub.dataset_for(self.name, split, lang)
         rows = hub.load_dataset(spec, lang)
         name = f"{spec.id} {spec.args(lang)['name'] or spec.data_dir}"
-        return [copa_example(dict(r), f"Hub {name} ({spec.split}) row {i}") for i, r in enumerate(rows)]
+        return [dict(copa_example(dict(r), f"Hub {name} ({spec.split}) row {i}"), row=i) for i, r in enumerate(rows)]
 
     def encode(self, examples, tokenizer, max_length, train):
         # (premise + question, choice) pairs, two per example, flattened then regrouped per example
