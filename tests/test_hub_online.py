@@ -77,3 +77,23 @@ def test_english_language_adapter_loads(tag):
     directory = resolve_directory(hub.LANG_ADAPTERS[tag]["en"])
     adapter = load_adapterhub(directory, types.SimpleNamespace(config=AutoConfig.from_pretrained(hub.MODELS[tag])))
     assert adapter.config["reduction_factor"] == 2 and adapter.invertible is not None
+
+
+def test_readme_hub_example_loads_trains_and_evaluates(tmp_path):
+    """The README's Hub example (`--task classify` on PAWS-X) as written, with a tiny model and a few examples: every
+    config and split its flags name loads, trains two steps and evaluates in every language."""
+    import json
+
+    import evaluate
+    import train
+    from test_classify import readme_command
+    from tiny import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "model")
+    run = tmp_path / "run"
+    small = ["--model", str(model), "--output-dir", str(run), "--max-steps", "2", "--batch-size", "4",
+             "--max-train-samples", "16", "--max-dev-samples", "8", "--no-progress"]
+    assert train.main([*readme_command("**A Hub example", "train.py"), *small]) == 0
+    assert evaluate.main([str(run), "--max-samples", "8", "--no-progress"]) == 0
+    results = json.loads((run / "results-test.json").read_text())
+    assert set(results["per_language"]) == {"de", "es", "fr", "ja", "ko", "zh"} and results["source"]
