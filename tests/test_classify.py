@@ -5,6 +5,7 @@ Real-data checks read ../shared/data (tests/tiny.py: DATA) and skip when it is a
 """
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import train
 from fun.data import read_table
 from fun.metrics import accuracy, macro_f1
 from fun.tasks import TASKS, build_task
-from tiny import DATA, make_tokenizer
+from tiny import DATA, assert_same_run, kill_when, make_tokenizer, train_cli
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} absent (fresh clone)")
 
@@ -236,6 +237,23 @@ def test_bad_settings_name_the_flag(tiny_bert_dir, sentiment_run, tmp_path, caps
         assert train.main(argv) == 2, argv
         assert message in capsys.readouterr().err, message
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_sigterm_then_resume_is_bit_identical(tiny_bert_dir, sentiment_run, tmp_path):
+    """The label set found in the training data at the start is the same on resume, and so is everything else."""
+    d = sentiment_run
+
+    def args(out):
+        return ["--task", "classify", "--text-columns", "text", "--model", str(tiny_bert_dir), "--train-file",
+                str(d / "train.csv"), "--dev-file", str(d / "dev.csv"), "--output-dir", str(out), "--batch-size", "8",
+                "--schedule", "gu", "--k", "3", "--max-steps", "24", "--log-every", "1", "--eval-every", "8",
+                "--save-every", "1000", "--no-progress", "--threads", "1"]
+    assert train_cli(args(tmp_path / "ref")).returncode == 0
+    code, err = kill_when(tmp_path / "killed", args(tmp_path / "killed"), 6, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
+    resumed = train_cli(args(tmp_path / "killed") + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "ref", tmp_path / "killed")
 
 
 # --- several runs: one table ------------------------------------------------------------------------------------------
