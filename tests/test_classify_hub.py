@@ -82,3 +82,8 @@ def test_hub_errors_are_clear(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     assert train.main([*base, "--text-columns", "sentence1,sentence2"]) == 2
     err = capsys.readouterr().err
     assert "--dataset: dataset google-research-datasets/paws-x config en split train: no network" in err
+    monkeypatch.setattr(datasets, "load_dataset", lambda **kw: (_ for _ in ()).throw(
+        RuntimeError("Dataset scripts are no longer supported, but found paws-x.py")))
+    assert train.main([*base, "--text-columns", "sentence1,sentence2"]) == 2
+    err = capsys.readouterr().err
+    assert "only a loading script" in err and "--dataset-revision refs/convert/parquet" in err

@@ -144,7 +144,13 @@ class Classification(Task):
 
     def read_hub(self, split: str, lang: str) -> list[tuple[dict, str, str]]:
         spec = self.hub_split(split, lang)
-        rows = hub.load_dataset(spec, lang)
+        try:
+            rows = hub.load_dataset(spec, lang)
+        except hub.HubError as err:
+            if "loading script" not in str(err) or spec.revision:
+                raise
+            raise hub.HubError(f"{err}; read the Hub's Parquet conversion of it with --dataset-revision "
+                               "refs/convert/parquet") from None
         columns = list(getattr(rows, "column_names", None) or (rows[0] if len(rows) else []))
         missing = [c for c in (*self.text_columns, self.label_column) if c not in columns]
         what = f"Hub dataset {spec.id}" + (f" config {spec.args(lang)['name']}" if spec.config else "") + \
