@@ -27,13 +27,12 @@ import torch
 
 import cli
 from cli import UsageError, blame, positive_int
-from fun.adapters import AdapterSet
 from fun.config import RESUMABLE
 from fun.data import LanguageNotFound
 from fun.device import get_device, set_deterministic
 from fun.evaluation import predict
 from fun.hub import LANG_ADAPTERS, MODELS, model_tag
-from fun.model import AdapterModel, freeze, load_adapter_weights, load_encoder, locate_model, read_adapter_config
+from fun.model import AdapterModel, build_task_adapter, freeze, load_adapter_weights, load_encoder, locate_model, read_adapter_config
 from fun.run import SPLIT_NAMES, results_path
 from fun.tasks import Task, build_task
 
@@ -150,7 +149,7 @@ def build_model(task: Task, checkpoint: Path, meta: dict, model_name: str) -> tu
     if (encoder.config.hidden_size, encoder.config.num_hidden_layers) != (meta["hidden_size"], meta["num_layers"]):
         raise UsageError(f"--model {model_name}: hidden size {encoder.config.hidden_size} × {encoder.config.num_hidden_layers} "
                          f"layers, but the run trained on {meta['hidden_size']} × {meta['num_layers']} ({meta['model']})")
-    task_adapter = AdapterSet(**meta["task_adapter"]) if meta.get("task_adapter") else None
+    task_adapter = build_task_adapter(meta["task_adapter"]) if meta.get("task_adapter") else None
     head = task.make_head(encoder.config.hidden_size, encoder.config.hidden_dropout_prob)
     freeze(encoder)
     model = AdapterModel(encoder, head, task_adapter)

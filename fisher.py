@@ -229,11 +229,10 @@ def layout(runs: list[dict]) -> tuple[int, int]:
 def compute(args: argparse.Namespace) -> int:
     import torch
 
-    from fun.adapters import AdapterSet
     from fun.data import check_file, collate
     from fun.device import get_device
     from fun.fisher import fisher_trace
-    from fun.model import AdapterModel, load_adapter_weights, load_encoder, locate_model, read_adapter_config
+    from fun.model import AdapterModel, build_task_adapter, load_adapter_weights, load_encoder, locate_model, read_adapter_config
     from fun.tasks import build_task
 
     if args.threads:
@@ -269,7 +268,8 @@ def compute(args: argparse.Namespace) -> int:
     elif saved.get("lang_adapter"):
         print(f"warning: the adapter was trained over language adapter {saved['lang_adapter']}; measuring without "
               f"one (pass --lang-adapter to stack it)", file=sys.stderr)
-    model = AdapterModel(encoder, task.make_head(encoder.config.hidden_size, 0.0), AdapterSet(**config), lang_adapter)
+    model = AdapterModel(encoder, task.make_head(encoder.config.hidden_size, 0.0), build_task_adapter(config),
+                         lang_adapter)
     try:
         load_adapter_weights(model, args.adapter)
     except RuntimeError as err:

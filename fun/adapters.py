@@ -91,6 +91,14 @@ class AdapterSet(nn.Module):
                                     for _ in range(num_layers))
         self.invertible = InvertibleAdapter(hidden_size, inv_reduction_factor, activation) if invertible else None
 
+    def output_adapters(self, i: int) -> list[BottleneckAdapter]:
+        """What this set runs in layer i's output block, where the stack's hooks compute `madx_output`."""
+        return [self.layers[i]]
+
+    def add_hooks(self, encoder: nn.Module) -> list:
+        """Hooks of its own besides the output block's: none, the stack's hooks run a bottleneck adapter."""
+        return []
+
 
 def madx_output(h: torch.Tensor, x: torch.Tensor, layer_norm: nn.Module,
                 adapters: list[BottleneckAdapter]) -> torch.Tensor:
@@ -119,13 +127,13 @@ class AdapterHandle:
 
 
 def get_encoder_parts(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
-    """(embeddings module, [output block of each layer]) for BertModel, XLMRobertaModel, DebertaV2Model."""
+    """(embeddings module, [Transformer layer i]) for BertModel, XLMRobertaModel, DebertaV2Model."""
     base = getattr(model, "base_model", model)
-    try:
-        return base.embeddings, [layer.output for layer in base.encoder.layer]
-    except AttributeError as err:
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not hasattr(base, "embeddings") or layers is None or not all(hasattr(layer, "output") for layer in layers):
         raise ValueError(f"{type(model).__name__} is not a supported encoder: expected `.embeddings` and "
-                         "`.encoder.layer[i].output` (BERT, XLM-R, mDeBERTa-v2/v3)") from err
+                         "`.encoder.layer[i].output` (BERT, XLM-R, mDeBERTa-v2/v3)")
+    return base.embeddings, list(layers)
 
 
 class _BlockHooks:
@@ -160,13 +168,15 @@ def add_adapters(model: nn.Module, stack: "AdapterStack") -> AdapterHandle:
     hook on the block's `dropout` — so the dense layer runs once and the block's own LN(· + x) finishes.
     The hooks read `stack` at call time, so swapping the language adapter needs no re-registration.
     """
-    embeddings, blocks = get_encoder_parts(model)
+    embeddings, layers = get_encoder_parts(model)
     handle = AdapterHandle()
     handle.hooks.append(embeddings.register_forward_hook(_EmbeddingHook(stack)))
-    for i, block in enumerate(blocks):
-        hooks = _BlockHooks(stack, block, i)
-        handle.hooks.append(block.register_forward_pre_hook(hooks.capture_x, with_kwargs=True))
-        handle.hooks.append(block.dropout.register_forward_hook(hooks.apply_stack))
+    for i, layer in enumerate(layers):
+        hooks = _BlockHooks(stack, layer.output, i)
+        handle.hooks.append(layer.output.register_forward_pre_hook(hooks.capture_x, with_kwargs=True))
+        handle.hooks.append(layer.output.dropout.register_forward_hook(hooks.apply_stack))
+    for adapter in stack.adapters():  # adapters placed elsewhere than the output block bring their own hooks
+        handle.hooks += adapter.add_hooks(model)
     return handle
 
 
@@ -186,7 +196,8 @@ class AdapterStack(nn.Module):
         return [a for a in (self.lang, self.task) if a is not None]
 
     def layer(self, i: int) -> list[BottleneckAdapter]:
-        return [a.layers[i] for a in self.adapters()]
+        """The bottleneck adapters of layer i's output block, bottom of the stack first."""
+        return [f for a in self.adapters() for f in a.output_adapters(i)]
 
     def invertible(self) -> InvertibleAdapter | None:
         first = self.adapters()[:1]

@@ -85,15 +85,29 @@ def max_sequence_length(config) -> int | None:
     return config.max_position_embeddings - offset
 
 
+TASK_ADAPTERS: dict[str, type[nn.Module]] = {"bottleneck": AdapterSet}
+
+
+def build_task_adapter(config: dict) -> nn.Module:
+    """A task adapter from its config; the config's `adapter` names the kind (none: a bottleneck `AdapterSet`)."""
+    config = dict(config)
+    return TASK_ADAPTERS[config.pop("adapter", "bottleneck")](**config)
+
+
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
 
 
 class AdapterModel(nn.Module):
-    """encoder (frozen) → hooks run Stack(lang, task) in every layer → head. forward(batch) → logits (B, H, K)."""
+    """encoder (frozen) → hooks run Stack(lang, task) in every layer → head. forward(batch) → logits (B, H, K).
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, task_adapter: AdapterSet | None = None,
+    A task adapter is any module with `layers` (layer i's unit: what a schedule unfreezes and tr(F) sums over),
+    `config` (what `build_task_adapter` rebuilds it from), `output_adapters(i)` (what it runs in layer i's output
+    block) and `add_hooks(encoder)` (hooks it needs elsewhere), such as `AdapterSet` (bottleneck).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, task_adapter: nn.Module | None = None,
                  lang_adapter: AdapterSet | None = None):
         super().__init__()
         self.encoder = encoder
@@ -105,7 +119,7 @@ class AdapterModel(nn.Module):
         self.additive_mask = encoder.config.model_type != "deberta-v2"
 
     @property
-    def task_adapter(self) -> AdapterSet | None:
+    def task_adapter(self) -> nn.Module | None:
         return self.adapters.task
 
     @property
