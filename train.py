@@ -28,15 +28,15 @@ from transformers import get_scheduler
 import cli
 from cli import UsageError, blame, flag
 from fun import mlm
-from fun.adapters import AdapterSet
 from fun.config import RESUMABLE, TASK_SETTINGS, TrainConfig, resolve
 from fun.data import Split, collate, feature_length, to_device, training_batches
 from fun.device import allow_tf32, get_device, set_deterministic
 from fun.evaluation import evaluate
 from fun.fisher import fisher_trace
 from fun.hub import model_family
-from fun.model import (AdapterModel, count_parameters, freeze, load_encoder, max_sequence_length, model_dir,
-                       save_adapter)
+from fun.lora import LoraSet, save_peft
+from fun.model import (AdapterModel, build_task_adapter, count_parameters, freeze, load_encoder, max_sequence_length,
+                       model_dir, save_adapter)
 from fun.run import ConfigMismatch, Progress, Run, RunExists
 from fun.schedules import SCHEDULES, last_unfreeze_step, set_trainable, unfreeze, validate_order
 from fun.tasks import TASKS, Task, build_task, task_loss
@@ -192,13 +192,22 @@ def build_model(cfg: TrainConfig, task: Task) -> tuple[AdapterModel, object]:
         with blame("--lang-adapter"):
             lang_adapter = load_lang_adapter_arg(cfg.lang_adapter, encoder)
         freeze(lang_adapter)
-    d, num_layers = encoder.config.hidden_size, encoder.config.num_hidden_layers
+    d = encoder.config.hidden_size
     full = not SCHEDULES[cfg.schedule].adapters
     if not full:
         freeze(encoder)
-    task_adapter = None if full else AdapterSet(d, num_layers, cfg.reduction_factor)
+    task_adapter = None if full else build_task_adapter(task_adapter_config(cfg, encoder.config))
     model = AdapterModel(encoder, task.make_head(d, encoder.config.hidden_dropout_prob), task_adapter, lang_adapter)
     return model, tokenizer
+
+
+def task_adapter_config(cfg: TrainConfig, config) -> dict:
+    """The task adapter `--adapter` names, sized for the encoder's `config` (fun.model.build_task_adapter builds it)."""
+    size = dict(hidden_size=config.hidden_size, num_layers=config.num_hidden_layers)
+    if cfg.adapter == "lora":
+        return dict(size, adapter="lora", intermediate_size=config.intermediate_size, rank=cfg.lora_rank,
+                    alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets.split(","))
+    return dict(size, reduction_factor=cfg.reduction_factor)
 
 
 def load_data(cfg: TrainConfig, task: Task, tokenizer) -> tuple[Split, Split]:
@@ -329,6 +338,8 @@ def save(run: Run, name: str, model: AdapterModel, cfg: TrainConfig, **meta) -> 
         task=cfg.task, model=cfg.model, model_dir=model_dir(cfg.model), schedule=cfg.schedule, seed=cfg.seed,
         hidden_size=model.encoder.config.hidden_size, num_layers=model.num_layers, max_length=cfg.max_length,
         lang_adapter=cfg.lang_adapter, lang=cfg.lang, **{k: getattr(cfg, k) for k in TASK_SETTINGS}, **meta))
+    if isinstance(parts.get("task"), LoraSet):  # and in PEFT's layout: RUN/best/peft loads with PeftModel.from_pretrained
+        save_peft(parts["task"], model.encoder, run.dir / name / "peft", cfg.model)
 
 
 def stopped(run: Run, bar, step: int) -> int:

@@ -75,16 +75,21 @@ def cell(values: list[float], with_std: bool = True) -> str:
 
 
 def method_of(run_dir: Path, cfg: dict, tag: str) -> str:
+    """The method a run stands for; a task adapter other than the bottleneck one is named in it (`gu-lora`), so
+    that LoRA and bottleneck runs of one schedule are rows of their own and pair by seed."""
+    adapter = cfg.get("adapter") or "bottleneck"
+    suffix = "" if adapter == "bottleneck" else f"-{adapter}"
     if not re.fullmatch(r"seed\d+", run_dir.name):  # not a sweep's ROOT/NAME/seedS: say what trained
         label = cfg.get("schedule", "?")
         if cfg.get("schedule") == "order":
             label += ":" + ",".join(map(str, cfg.get("order") or []))
-        return label + (f"-n{cfg['max_train_samples']}" if cfg.get("max_train_samples") else "")
+        return label + (f"-n{cfg['max_train_samples']}" if cfg.get("max_train_samples") else "") + suffix
     name = run_dir.parent.name
     for prefix in (f"{cfg.get('task')}-{tag}-", f"{cfg.get('task')}-"):
         if name.startswith(prefix) and len(name) > len(prefix):
-            return name[len(prefix):]
-    return name
+            name = name[len(prefix):]
+            break
+    return name if name.endswith(suffix) else name + suffix
 
 
 def realised_order(run_dir: Path, cfg: dict) -> list[int] | None:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fun.hub import model_family
+from fun.lora import TARGETS as LORA_TARGETS
 from fun.mlm import MLM_DEFAULTS
 from fun.schedules import SCHEDULES, validate_order
 from fun.tasks import TASK_NAMES as TASK_ADAPTER_TASKS, SettingError, build_task
@@ -85,6 +86,13 @@ class TrainConfig:
                                      parse="int_list")
     unfreeze_per_step: int = option(1, "m adapters per unfreeze step (paper footnote 12)", positive=True)
     reduction_factor: int = option(16, "task adapter: bottleneck = hidden // rf", positive=True)
+    adapter: str = option("bottleneck", "task adapter: bottleneck (MAD-X, paper §3.1) or lora (PEFT's LoRA)",
+                          choices=("bottleneck", "lora"))
+    lora_rank: int = option(8, "LoRA rank r", positive=True)
+    lora_alpha: float = option(8.0, "LoRA alpha: the update is scaled by alpha / r")
+    lora_dropout: float = option(0.0, "dropout on the input of LoRA, in training")
+    lora_targets: str = option("query,value", "comma-separated Linear layers LoRA adapts in every Transformer layer: "
+                                              + ", ".join(LORA_TARGETS))
 
     epochs: float | None = option(None, "training epochs, ignored with --max-steps (default: paper Table 3)",
                                   group="optimisation (paper Table 3 defaults per task, model and schedule)")
@@ -204,6 +212,15 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("fisher_every", "tr(F) measures task adapters, and full fine-tuning has none")
     if cfg.task != "mlm" and cfg.mlm_train != "adapter":
         raise ConfigError("mlm_train", "is for --task mlm")
+    if cfg.adapter == "lora":
+        if cfg.task == "mlm" or not SCHEDULES[cfg.schedule].adapters:
+            raise ConfigError("adapter", "LoRA is a task adapter: --task mlm trains a bottleneck language adapter, "
+                                         "and full fine-tuning has no adapter")
+        if not set(cfg.lora_targets.split(",")) <= set(LORA_TARGETS):
+            raise ConfigError("lora_targets", f"choose among {', '.join(LORA_TARGETS)}, comma-separated")
+        if not 0.0 <= cfg.lora_dropout < 1.0 or cfg.lora_alpha <= 0:
+            raise ConfigError("lora_alpha" if cfg.lora_alpha <= 0 else "lora_dropout",
+                              "alpha must be positive, and dropout in [0, 1)")
     if cfg.task != "mlm":
         try:
             build_task(cfg.task, cfg.to_dict()).check_training(cfg.to_dict())

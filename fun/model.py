@@ -20,6 +20,7 @@ from torch import nn
 
 from fun.adapters import AdapterSet, AdapterStack, add_adapters
 from fun.hub import HubError, explain
+from fun.lora import LoraSet
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "deberta-v2", "roberta")
 # Training and evaluation use SDPA where Hugging Face implements it (DeBERTa-v2's disentangled attention has none).
@@ -85,7 +86,7 @@ def max_sequence_length(config) -> int | None:
     return config.max_position_embeddings - offset
 
 
-TASK_ADAPTERS: dict[str, type[nn.Module]] = {"bottleneck": AdapterSet}
+TASK_ADAPTERS: dict[str, type[nn.Module]] = {"bottleneck": AdapterSet, "lora": LoraSet}
 
 
 def build_task_adapter(config: dict) -> nn.Module:
@@ -104,7 +105,7 @@ class AdapterModel(nn.Module):
 
     A task adapter is any module with `layers` (layer i's unit: what a schedule unfreezes and tr(F) sums over),
     `config` (what `build_task_adapter` rebuilds it from), `output_adapters(i)` (what it runs in layer i's output
-    block) and `add_hooks(encoder)` (hooks it needs elsewhere), such as `AdapterSet` (bottleneck).
+    block) and `add_hooks(encoder)` (hooks it needs elsewhere): `AdapterSet` (bottleneck) or `LoraSet`.
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module, task_adapter: nn.Module | None = None,

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from fun.adapters import AdapterSet
 from fun.fisher import choose_labels, fisher_trace
 from fun.heads import ClassificationHead, MultipleChoiceHead, QuestionAnsweringHead
+from fun.lora import TARGETS as LORA_TARGETS
+from fun.lora import LoraSet
 from fun.model import AdapterModel, freeze
 from fun.schedules import Selection, select_max_fisher, set_trainable
 from tiny import tiny_encoder
@@ -23,13 +25,23 @@ from tiny import tiny_encoder
 HIDDEN, LAYERS, LABELS, CHOICES, SEQ = 32, 4, 3, 2, 10
 
 
-def make_model(kind: str, head: str, seed: int = 0) -> AdapterModel:
-    """Tiny encoder + task adapter (rf 4 → bottleneck 8) + head; the GU-like state: top two adapters trainable."""
+def make_model(kind: str, head: str, seed: int = 0, lora: bool = False) -> AdapterModel:
+    """Tiny encoder + task adapter (rf 4 → bottleneck 8; or LoRA of rank 4 on all six Linear targets) + head; the
+    GU-like state: top two adapters trainable. LoRA's B is drawn at random (as after training, so that A has a
+    gradient too; at init B = 0)."""
     encoder = tiny_encoder(kind, hidden=HIDDEN, layers=LAYERS)
     torch.manual_seed(seed)
     heads = {"cls": lambda: ClassificationHead(HIDDEN, LABELS), "mc": lambda: MultipleChoiceHead(HIDDEN),
              "qa": lambda: QuestionAnsweringHead(HIDDEN)}
-    model = AdapterModel(encoder, heads[head](), AdapterSet(HIDDEN, LAYERS, reduction_factor=4))
+    head_module = heads[head]()
+    if lora:
+        task = LoraSet(HIDDEN, LAYERS, 2 * HIDDEN, rank=4, alpha=8, targets=list(LORA_TARGETS))
+        for name, p in task.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.2)
+    else:
+        task = AdapterSet(HIDDEN, LAYERS, reduction_factor=4)
+    model = AdapterModel(encoder, head_module, task)
     freeze(encoder)
     set_trainable(model.task_layers, {LAYERS - 2, LAYERS - 1})
     return model
@@ -127,6 +139,28 @@ def test_per_sample_matches_per_example_loop(kind, head, labels):
     want = loop_fisher(model, batches, labels, seed=7)
     assert all(v > 0 for v in want)
     torch.testing.assert_close(torch.tensor(as_list(got)), torch.tensor(want), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr", "deberta"])
+@pytest.mark.parametrize("head", ["cls", "mc", "qa"])
+@pytest.mark.parametrize("labels", ["sample", "exact"])
+def test_lora_per_sample_matches_per_example_loop(kind, head, labels):
+    """The same fisher_trace on LoRA: tr(F)_i sums over layer i's LoRA modules (A and B of every target)."""
+    model = make_model(kind, head, lora=True)
+    assert [len(list(layer.parameters())) for layer in model.task_layers] == [2 * len(LORA_TARGETS)] * LAYERS
+    batches = [make_batch(kind, head, 5, seed=1), make_batch(kind, head, 3, seed=2)]
+    got = fisher_trace(model, batches, labels=labels, generator=torch.Generator().manual_seed(7))
+    want = loop_fisher(model, batches, labels, seed=7)
+    assert all(v > 0 for v in want)
+    torch.testing.assert_close(torch.tensor(as_list(got)), torch.tensor(want), rtol=1e-4, atol=0)
+
+
+def test_lora_batch_estimator_is_algorithm_2():
+    model = make_model("bert", "cls", lora=True)
+    batches = [make_batch("bert", "cls", 6, seed=4), make_batch("bert", "cls", 4, seed=5)]
+    got = fisher_trace(model, batches, estimator="batch", generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(torch.tensor(as_list(got)), torch.tensor(batch_formula(model, batches, "sample", 3)),
+                               rtol=1e-4, atol=0)
 
 
 def test_mdeberta_smoke():

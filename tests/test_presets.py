@@ -85,6 +85,14 @@ def test_every_preset_resolves_to_its_own_values():
         assert {key: cfg[key] for key in preset.flags} == preset.flags, name
 
 
+def test_lora_presets_are_the_table3_runs_with_a_task_lora():
+    for schedule in ("standard", "gu", "fun"):
+        lora, adapter = PRESETS[f"xnli-xlmr-{schedule}-lora"].flags, PRESETS[f"xnli-xlmr-{schedule}"].flags
+        assert lora == dict(adapter, adapter="lora", lora_rank=24, lora_alpha=24.0, lora_targets="query,value")
+    # r = 24 on query and value: about the rf-16 bottleneck adapter's count on a 768-wide, 12-layer encoder
+    assert 12 * 2 * 24 * (768 + 768) == 884_736 and 12 * (2 * 768 * 48 + 48 + 768) == 894_528
+
+
 def test_xquad_and_mlqa_presets_train_the_same_model():
     assert PRESETS["mlqa-xlmr-gu"].training == PRESETS["xquad-xlmr-gu"].training
     assert PRESETS["mlqa-xlmr-gu"].flags["task"] == "mlqa"

@@ -319,3 +319,26 @@ def test_two_sweeps_compared_by_label_on_shared_languages(tmp_path, capsys):
     assert aggregate.main([str(tmp_path / "plain"), f"stack={tmp_path / 'stack'}", "--split", "dev"]) == 0
     assert aggregate.main([str(tmp_path / "plain"), "--split", "dev", "--languages", "ar,zh"]) == 2
     assert "no results for zh" in capsys.readouterr().err
+
+
+def test_lora_runs_are_methods_of_their_own_and_pair_with_bottleneck_runs_by_seed(tmp_path, capsys):
+    """A LoRA sweep root and a bottleneck one, aggregated together: `standard-lora` is its own row, paired by seed
+    with `standard`; within the LoRA root alone, `--paired standard-lora` compares its schedules."""
+    def fake(root, name, adapter, seed, de, sw):
+        run = root / f"xnli-{name}" / f"seed{seed}"
+        run.mkdir(parents=True)
+        config = dict(task="xnli", model="../shared/models/multilingual-e5-small", seed=seed, schedule=name)
+        (run / "config.json").write_text(json.dumps(dict(config, **({"adapter": adapter} if adapter else {}))))
+        write_results(run, en=80.0, split="dev", de=de, sw=sw)
+
+    lora, bottleneck = tmp_path / "lora", tmp_path / "bottleneck"
+    for seed, shift in ((1, 0.0), (2, 1.0)):
+        fake(bottleneck, "standard", None, seed, 50 + shift, 40)  # saved before configs named their adapter
+        fake(lora, "standard", "lora", seed, 52 + shift, 41)
+        fake(lora, "gu", "lora", seed, 53 + shift, 43)
+    assert aggregate.main([str(lora), str(bottleneck), "--split", "dev"]) == 0
+    md = capsys.readouterr().out
+    assert "| multilingual-e5-small | standard-lora | 2 | +1.50 |" in md  # ((52-50) + (41-40)) / 2, both seeds
+    assert "| multilingual-e5-small | gu-lora | 2 | +3.00 |" in md
+    assert aggregate.main([str(lora), "--split", "dev", "--paired", "standard-lora"]) == 0
+    assert "| multilingual-e5-small | gu-lora | 2 | +1.50 |" in capsys.readouterr().out
