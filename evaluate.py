@@ -32,7 +32,9 @@ from fun.data import LanguageNotFound
 from fun.device import get_device, set_deterministic
 from fun.evaluation import predict
 from fun.hub import LANG_ADAPTERS, MODELS, model_tag
-from fun.model import AdapterModel, build_task_adapter, freeze, load_adapter_weights, load_encoder, locate_model, read_adapter_config
+from fun.metrics import mean_std_cell as mean_cell
+from fun.model import (AdapterModel, build_task_adapter, freeze, load_adapter_weights, load_encoder, locate_model,
+                       read_adapter_config)
 from fun.run import SPLIT_NAMES, results_path
 from fun.tasks import Task, build_task
 
@@ -379,8 +381,6 @@ def seed_groups(runs: list[dict]) -> list[list[int]]:
 def runs_table(runs: list[dict]) -> str:
     """Paper Table 2's layout with the runs as rows, then mean ± sample std over seeds of runs that differ only in
     their seed (experiments.aggregate builds the paper's tables, with paired statistics, from a sweep)."""
-    from experiments.aggregate import cell as mean_cell
-
     tasks = {r["task"] for r in runs}
     if len(tasks) > 1:
         return "(no common table: the runs were evaluated on different tasks: " + ", ".join(sorted(tasks)) + ")"

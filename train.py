@@ -39,7 +39,7 @@ from fun.model import (AdapterModel, build_task_adapter, count_parameters, freez
                        model_dir, save_adapter)
 from fun.run import ConfigMismatch, Progress, Run, RunExists
 from fun.schedules import SCHEDULES, last_unfreeze_step, set_trainable, unfreeze, validate_order
-from fun.tasks import TASKS, Task, build_task, task_loss
+from fun.tasks import Task, build_task, task_loss
 
 
 def main(argv: list[str] | None = None) -> int:

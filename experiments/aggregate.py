@@ -25,6 +25,8 @@ from pathlib import Path
 import cli
 from cli import UsageError
 from fun.hub import model_tag
+from fun.metrics import mean_std
+from fun.metrics import mean_std_cell as cell
 from fun.run import RESULTS_NAME
 from fun.schedules import SCHEDULES
 from fun.tasks import TASKS
@@ -59,19 +61,6 @@ def group_within(values: dict[str, float], delta: float = 1.0) -> list[list[str]
         groups.append(group)
         ranked = ranked[len(group):]
     return groups
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def cell(values: list[float], with_std: bool = True) -> str:
-    if not values:
-        return "-"
-    mean, std = mean_std(values)
-    if not with_std:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {'–' if std is None else f'{std:.2f}'}"
 
 
 def method_of(run_dir: Path, cfg: dict, tag: str) -> str:

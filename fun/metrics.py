@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import statistics
 import string
 import sys
 import unicodedata
@@ -53,6 +54,21 @@ def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:
 # --------------------------------------------------------------------------- SQuAD v1.1
 
 _SQUAD_PUNCT = frozenset(string.punctuation)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample std (ddof=1) over seeds; the std is None for a single value."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def mean_std_cell(values: Sequence[float], with_std: bool = True) -> str:
+    """`61.00 ± 1.41` (`61.00 ± –` for one seed, `-` for none): a table cell over seeds."""
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    if not with_std:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {'–' if std is None else f'{std:.2f}'}"
 
 
 def normalize_answer_squad(s: str) -> str:

@@ -11,9 +11,10 @@ import pytest
 
 import evaluate
 import train
-from fun.adapters import AdapterSet
 from cli import UsageError
+from fun.adapters import AdapterSet
 from fun.model import AdapterModel
+from fun.tasks import TASKS
 from tiny import QA_PARAGRAPHS, write_copa, write_squad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def test_xcopa_results_json_and_table(xcopa_run, capsys):
     results = json.loads((r.run / "results-test.json").read_text())
     assert (results["task"], results["metric"], results["split"], results["checkpoint"]) == ("xcopa", "accuracy", "test", "best")
     assert set(results["per_language"]) == set(XCOPA_TARGETS)  # English is the source, not a target
-    assert set(results["skipped"]) == set(train.TASKS["xcopa"].languages) - set(XCOPA_TARGETS)
+    assert set(results["skipped"]) == set(TASKS["xcopa"].languages) - set(XCOPA_TARGETS)
     assert results["examples"] == {"en": 12, "et": 10, "qu": 11, "zh": 12}
     accs = {lang: m["accuracy"] for lang, m in results["per_language"].items()}
     assert results["average"] == {"accuracy": pytest.approx(sum(accs.values()) / 3)}  # English excluded
