@@ -5,7 +5,6 @@ evaluation, and PEFT's file layout both ways. The tr(F) exactness tests for LoRA
 import copy
 import json
 import math
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from fun.adapters import AdapterSet, AdapterStack, add_adapters
 from fun.heads import ClassificationHead
 from fun.lora import TARGETS, LoraLinear, LoraSet, load_peft, module_names, save_peft
 from fun.model import AdapterModel, build_task_adapter
-from tiny import assert_same_run, kill_when, tiny_encoder, train_cli
+from tiny import assert_resume_bit_identical, recording, tiny_encoder
 
 LAYERS, HIDDEN = 4, 32
 
@@ -177,14 +176,7 @@ def run_args(model_dir, nli_files, out, *extra):
 def gu_run(tiny_bert_dir, nli_files, tmp_path_factory):
     """GU with k=4 for 6 steps: layer 3's LoRA trains from step 1, layer 2's from step 4, layers 0 and 1 stay
     frozen. Records the model train.py built, and its weights before step 1."""
-    built = {}
-
-    class Recording(AdapterModel):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            built["model"] = self
-            built["init"] = {k: v.detach().clone() for k, v in self.state_dict().items()}
-
+    Recording, built = recording(AdapterModel)
     out = tmp_path_factory.mktemp("lora") / "gu"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "AdapterModel", Recording)
@@ -253,15 +245,7 @@ def test_fun_with_dropout_resumes_bit_identically(tiny_bert_dir, nli_files, tmp_
     common = ["--schedule", "fun", "--k", "5", "--fisher-batches", "2", "--fisher-every", "7", "--fisher-log-batches",
               "1", "--lora-dropout", "0.1", "--max-steps", "24", "--log-every", "1", "--eval-every", "10",
               "--save-every", "1000"]
-    ref = tmp_path / "ref"
-    assert train_cli(run_args(tiny_bert_dir, nli_files, ref, *common)).returncode == 0
-    out = tmp_path / "killed"
-    args = run_args(tiny_bert_dir, nli_files, out, *common)
-    code, err = kill_when(out, args, 8, signal.SIGTERM)
-    assert code == 128 + signal.SIGTERM, err
-    resumed = train_cli(args + ["--resume"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(ref, out)
+    _, out = assert_resume_bit_identical(lambda d: run_args(tiny_bert_dir, nli_files, d, *common), tmp_path, 8)
     events = json.loads((out / "schedule.json").read_text())
     assert [e["step"] for e in events] == [5, 10, 15] and all(len(e["fisher"]) == LAYERS for e in events)
 

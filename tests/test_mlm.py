@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -187,18 +186,10 @@ def test_new_head_trains_with_the_adapter(tiny_bert_dir, corpus, tmp_path, monke
 
 def test_mlm_sigterm_then_resume_is_bit_identical(mlm_model_dir, corpus, tmp_path):
     """Dynamic masks come from (seed, step), not the global RNG: a run stopped and resumed ends bit-identical."""
-    from tiny import assert_same_run, kill_when, train_cli
+    from tiny import assert_resume_bit_identical
 
     common = ["--max-steps", "80", "--eval-every", "20", "--save-every", "1000", "--threads", "1"]
-    ref = tmp_path / "ref"
-    assert train_cli(mlm_args(mlm_model_dir, corpus, ref, *common)).returncode == 0
-    out = tmp_path / "killed"
-    args = mlm_args(mlm_model_dir, corpus, out, *common)
-    code, err = kill_when(out, args, 5, signal.SIGTERM)
-    assert code == 128 + signal.SIGTERM, err
-    resumed = train_cli(args + ["--resume"])
-    assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(ref, out)
+    ref, out = assert_resume_bit_identical(lambda d: mlm_args(mlm_model_dir, corpus, d, *common), tmp_path, 5)
     a = torch.load(ref / "final" / "adapterhub" / "pytorch_adapter.bin", weights_only=True)
     b = torch.load(out / "final" / "adapterhub" / "pytorch_adapter.bin", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -302,7 +293,7 @@ def test_head_fitted_alone_then_shared_by_language_adapters(tiny_bert_dir, corpu
     assert head_row["train"] == "head" and head_row["loss_no_adapter"] is None and lang_row["lang"] == "sw"
     assert lang_row["loss_no_adapter"] == first["dev_without_adapter"]["loss"]
     assert lang_row["loss_best"] == json.loads((lang_run / "summary.json").read_text())["best"]["metrics"]["loss"]
-    assert lang_row["steps"] == 30 and f"| sw | adapter | 30 × 8 |" in md
+    assert lang_row["steps"] == 30 and "| sw | adapter | 30 × 8 |" in md
 
 
 def test_several_text_files_hold_out_dev_per_file(corpus, tmp_path):

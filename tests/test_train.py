@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import train
 from fun.model import AdapterModel
+from tiny import recording
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,13 +25,7 @@ def run_args(model_dir, nli_files, out, *extra):
 @pytest.mark.parametrize("weight_decay", ["0", "0.5"])
 def test_only_scheduled_adapters_and_head_change(tiny_bert_dir, nli_files, tmp_path, monkeypatch, weight_decay):
     """Frozen adapters stay bit-identical even with weight decay: they have no gradient, so AdamW skips them."""
-    built = {}
-
-    class Recording(AdapterModel):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            built["model"] = self
-            built["init"] = {k: v.detach().clone() for k, v in self.state_dict().items()}
+    Recording, built = recording(AdapterModel)
 
     monkeypatch.setattr(train, "AdapterModel", Recording)  # train.build_model builds it
     out = tmp_path / "run"
@@ -96,12 +91,7 @@ def test_cli_gu_k2_four_layers(tiny_bert_dir, nli_files, tmp_path):
 
 
 def test_full_finetuning_trains_the_encoder(tiny_bert_dir, nli_files, tmp_path, monkeypatch):
-    built = {}
-
-    class Recording(AdapterModel):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            built["model"], built["init"] = self, {k: v.detach().clone() for k, v in self.state_dict().items()}
+    Recording, built = recording(AdapterModel)
 
     monkeypatch.setattr(train, "AdapterModel", Recording)  # train.build_model builds it
     assert train.main(run_args(tiny_bert_dir, nli_files, tmp_path / "full", "--schedule", "full", "--max-steps", "2",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -158,3 +159,30 @@ def kill_when(out: Path, args, at_step: int, sig):
         time.sleep(0.005)
     _, err = proc.communicate(timeout=240)
     return proc.returncode, err
+
+
+def assert_resume_bit_identical(make_args, tmp_path: Path, at_step: int, sig=signal.SIGTERM) -> tuple[Path, Path]:
+    """Train `make_args(run_dir)` uninterrupted, and again stopped by `sig` once log.jsonl reaches `at_step`, then
+    resumed with --resume: both runs must end bit-identical. → (reference run, resumed run)."""
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    assert train_cli(make_args(ref)).returncode == 0
+    code, err = kill_when(out, make_args(out), at_step, sig)
+    assert code == (128 + sig if sig != signal.SIGKILL else -sig), err
+    resumed = train_cli(make_args(out) + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(ref, out)
+    return ref, out
+
+
+def recording(model_class: type) -> tuple[type, dict]:
+    """A subclass of `model_class` that records the instance train.py builds (`built["model"]`) and its weights
+    before the first step (`built["init"]`): monkeypatch it in, train, then compare what moved."""
+    built: dict = {}
+
+    class Recording(model_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built["model"] = self
+            built["init"] = {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    return Recording, built
