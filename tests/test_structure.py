@@ -58,3 +58,21 @@ def test_the_product_does_not_import_experiments():
     offenders = {str(path.relative_to(ROOT)): sorted(m for m in imports(path) if m.split(".")[0] == "experiments")
                  for path in PRODUCT}
     assert not {path: found for path, found in offenders.items() if found}, "the product imports experiments/"
+
+
+def test_readme_reading_order_states_the_real_sizes():
+    """The README's reading order gives file and function lengths; they must be the code's, not last month's."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    order = text[text.index("Read the code in this order"):text.index("In each Transformer layer's output block")]
+    files = re.findall(r"`(fun/[\w/]+\.py)` \((\d+)", order)
+    assert len(files) == 3, files
+    for name, lines in files:
+        assert int(lines) == len((ROOT / name).read_text().splitlines()), name
+    train_fn = next(n for n in ast.parse((ROOT / "train.py").read_text()).body
+                    if isinstance(n, ast.FunctionDef) and n.name == "train")
+    loop = next(n for n in train_fn.body if isinstance(n, ast.While))
+    stated = re.search(r"`train\(\)` \((\d+) lines\), with Algorithm 1's loop in (\d+)", order)
+    assert stated and (int(stated[1]), int(stated[2])) == (train_fn.end_lineno - train_fn.lineno + 1,
+                                                            loop.end_lineno - loop.lineno + 1)
