@@ -17,7 +17,8 @@
 # held out (fun/mlm.py), so each language has its own dev MLM loss, logged before (step 0, with and without the
 # adapter) and during training.
 # Resumable: run it again and finished runs are skipped, interrupted ones resumed. Each run's JSON is kept and
-# committed; weights and checkpoints are git-ignored. Environment: PYTHON, ROOT, MODEL, DATA, THREADS, SEEDS,
+# committed; weights and checkpoints are git-ignored. A clean checkout therefore has the committed runs' JSON but not
+# their adapters: to reproduce everything, give a fresh ROOT (ROOT=runs/madx bash experiments/madx_benchmark.sh all). Environment: PYTHON, ROOT, MODEL, DATA, THREADS, SEEDS,
 # SCHEDULES, LANGS (the target languages with an adapter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,16 @@ COMMON="--model $MODEL --train-file $DATA/mnli/train.jsonl --dev-file $DATA/xnli
         --batch-size 32 --max-length 128 --lr 1e-3 --group-by-length --threads $THREADS --no-progress"
 SWEEP="--max-steps 600 --lr-schedule linear --k 22 --eval-every 150 --save-every 150 \
        --fisher-every 30 --fisher-log-batches 2 --fisher-batches 8"
+weights() {  # the stages after `adapters` need the trained weights, which git does not keep
+  local dir
+  for dir in "$HEAD/best" "$(la en)" $(for l in ${LANGS//,/ }; do la "$l"; done); do
+    if ! ls "$dir"/adapter.safetensors > /dev/null 2>&1; then
+      echo "madx_benchmark.sh: $dir has no adapter.safetensors. The committed results keep configs and logs, not" \
+           "weights; reproduce from scratch in a fresh directory: ROOT=runs/madx bash experiments/madx_benchmark.sh all" >&2
+      exit 1
+    fi
+  done
+}
 own_adapters() { local IFS=,; for l in $LANGS; do printf '%s=%s,' "$l" "$(la "$l")"; done | sed 's/,$//'; }
 english_everywhere() { local IFS=,; for l in $LANGS; do printf '%s=%s,' "$l" "$(la en)"; done | sed 's/,$//'; }
 EVAL="--test-dir $DATA/xnli --test-split dev --max-samples 1000 --threads $THREADS --no-progress --languages $LANGS"
@@ -61,12 +72,14 @@ case "${1:-all}" in
         --extra "$MLM $ADAPTER_FLAGS --lang $lang --train-file $DATA/text/$lang.txt --mlm-head $HEAD/best"
     done ;;&
   sweep|all)
+    weights
     for seed in $SEEDS; do  # seed by seed: every finished seed adds a complete set of paired runs
       $PY -m experiments.sweep --tasks xnli --schedules "$SCHEDULES" --seeds "$seed" --root "$ROOT/sweep" \
         --extra "$COMMON $SWEEP --lang-adapter en=$(la en)" --evaluate "$EVAL --lang-adapters $(own_adapters)"
     done ;;&
   check|all)  # do the adapters carry language? the same task adapter, each target with the English adapter instead
     out="$ROOT/check/standard-seed1-english-adapter.json"
+    [ -f "$out" ] || weights
     [ -f "$out" ] || $PY evaluate.py "$ROOT/sweep/xnli-standard/seed1" $EVAL --lang-adapters "$(english_everywhere)" \
       --output "$out" ;;&
   report|all)

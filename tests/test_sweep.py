@@ -342,3 +342,20 @@ def test_lora_runs_are_methods_of_their_own_and_pair_with_bottleneck_runs_by_see
     assert "| multilingual-e5-small | gu-lora | 2 | +3.00 |" in md
     assert aggregate.main([str(lora), "--split", "dev", "--paired", "standard-lora"]) == 0
     assert "| multilingual-e5-small | gu-lora | 2 | +1.50 |" in capsys.readouterr().out
+
+
+def test_madx_benchmark_refuses_to_start_without_adapter_weights(tmp_path):
+    """Git keeps the benchmark's JSON, not its weights: on a clean checkout the task sweep must say how to reproduce
+    (a fresh ROOT) instead of failing inside train.py; a wrong stage is a usage error."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "madx_benchmark.sh"
+    env = dict(os.environ, PYTHON=sys.executable, ROOT=str(tmp_path / "madx"))
+    for stage in ("sweep", "check"):
+        done = subprocess.run(["bash", str(script), stage], env=env, capture_output=True, text=True)
+        assert done.returncode == 1, done.stderr
+        assert "has no adapter.safetensors" in done.stderr and "ROOT=runs/madx" in done.stderr
+    done = subprocess.run(["bash", str(script), "sweeep"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "usage: bash experiments/madx_benchmark.sh" in done.stderr
+    assert not (tmp_path / "madx").exists()
