@@ -18,8 +18,8 @@
 # adapter) and during training.
 # Resumable: run it again and finished runs are skipped, interrupted ones resumed. Each run's JSON is kept and
 # committed; weights and checkpoints are git-ignored. A clean checkout therefore has the committed runs' JSON but not
-# their adapters: to reproduce everything, give a fresh ROOT (ROOT=runs/madx bash experiments/madx_benchmark.sh all). Environment: PYTHON, ROOT, MODEL, DATA, THREADS, SEEDS,
-# SCHEDULES, LANGS (the target languages with an adapter).
+# their adapters: to reproduce everything, give a fresh ROOT (ROOT=runs/madx bash experiments/madx_benchmark.sh all).
+# Environment: PYTHON, ROOT, MODEL, DATA, THREADS, SEEDS, SCHEDULES, LANGS (the target languages with an adapter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -51,9 +51,10 @@ SWEEP="--max-steps 600 --lr-schedule linear --k 22 --eval-every 150 --save-every
 weights() {  # the stages after `adapters` need the trained weights, which git does not keep
   local dir
   for dir in "$HEAD/best" "$(la en)" $(for l in ${LANGS//,/ }; do la "$l"; done); do
-    if ! ls "$dir"/adapter.safetensors > /dev/null 2>&1; then
-      echo "madx_benchmark.sh: $dir has no adapter.safetensors. The committed results keep configs and logs, not" \
-           "weights; reproduce from scratch in a fresh directory: ROOT=runs/madx bash experiments/madx_benchmark.sh all" >&2
+    if [ ! -f "$dir/adapter.safetensors" ]; then
+      echo "madx_benchmark.sh: $dir has no adapter.safetensors. The committed results keep configs and logs," \
+           "not weights; reproduce from scratch in a fresh directory:" \
+           "ROOT=runs/madx bash experiments/madx_benchmark.sh all" >&2
       exit 1
     fi
   done
@@ -79,9 +80,10 @@ case "${1:-all}" in
     done ;;&
   check|all)  # do the adapters carry language? the same task adapter, each target with the English adapter instead
     out="$ROOT/check/standard-seed1-english-adapter.json"
-    [ -f "$out" ] || weights
-    [ -f "$out" ] || $PY evaluate.py "$ROOT/sweep/xnli-standard/seed1" $EVAL --lang-adapters "$(english_everywhere)" \
-      --output "$out" ;;&
+    if [ ! -f "$out" ]; then
+      weights
+      $PY evaluate.py "$ROOT/sweep/xnli-standard/seed1" $EVAL --lang-adapters "$(english_everywhere)" --output "$out"
+    fi ;;&
   report|all)
     $PY -m experiments.lang_adapters "$ROOT/mlm-head" "$ROOT/lang-adapters" --out "$ROOT/tables"
     $PY -m experiments.aggregate "$ROOT/sweep" --split dev --paired standard --out "$ROOT/tables"

@@ -7,6 +7,8 @@ import math
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -347,9 +349,6 @@ def test_lora_runs_are_methods_of_their_own_and_pair_with_bottleneck_runs_by_see
 def test_madx_benchmark_refuses_to_start_without_adapter_weights(tmp_path):
     """Git keeps the benchmark's JSON, not its weights: on a clean checkout the task sweep must say how to reproduce
     (a fresh ROOT) instead of failing inside train.py; a wrong stage is a usage error."""
-    import subprocess
-    import sys
-
     script = Path(__file__).resolve().parents[1] / "experiments" / "madx_benchmark.sh"
     env = dict(os.environ, PYTHON=sys.executable, ROOT=str(tmp_path / "madx"))
     for stage in ("sweep", "check"):
