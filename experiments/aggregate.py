@@ -203,21 +203,21 @@ def build_rows(results: list[Result]) -> dict[str, list[Row]]:
     return dict(by_task)
 
 
-def block_lowest(rows: list[Row], mode: str) -> dict[tuple[str, str], str | None]:
+def block_lowest(rows: list[Row], mode: str, reference: str = "standard") -> dict[tuple[str, str], str | None]:
     """{(model, method): language of its Lowest cell}. 'block' (paper Table 2): per model, the language where its
-    `standard` (Ada) row is lowest, for every method (a model without a standard row: each method's own);
-    'method': each method's own lowest language."""
+    `reference` row (`standard`, Ada; or the baseline the runs are paired with) is lowest, for every method (a model
+    without that row: each method's own); 'method': each method's own lowest language."""
     out = {}
     for row in rows:
-        standard = next((r for r in rows if r.model == row.model and r.method == "standard"), None)
-        source = standard if mode == "block" and standard is not None else row
+        ref = next((r for r in rows if r.model == row.model and r.method == reference), None)
+        source = ref if mode == "block" and ref is not None else row
         out[(row.model, row.method)] = source.lowest_language()
     return out
 
 
-def table2(rows: list[Row], lowest_mode: str) -> tuple[str, list[dict]]:
+def table2(rows: list[Row], lowest_mode: str, reference: str = "standard") -> tuple[str, list[dict]]:
     """Paper Table 2 layout for one test set: markdown and CSV records."""
-    lowest = block_lowest(rows, lowest_mode)
+    lowest = block_lowest(rows, lowest_mode, reference)
     metrics = rows[0].metrics
     name = " / ".join(metrics)
     md = [f"| model | method | seeds | En ({name}) | Lowest ({name}) | Average ({name}) |", "|---|---|---|---|---|---|"]
@@ -383,10 +383,10 @@ def aggregate(roots: list[str | Path], split: str = "test", out: Path | None = N
                          "evaluate the runs first (python evaluate.py RUN_DIR, or python -m experiments.sweep --evaluate)")
     sections, files = [], {}
     for task, rows in sorted(build_rows(results).items(), key=lambda kv: (TASK_ORDER + (kv[0],)).index(kv[0])):
-        md2, rec2 = table2(rows, lowest)
+        md2, rec2 = table2(rows, lowest, paired)
         mdl, recl = language_table(rows)
         mdp, recp = permutation_groups(rows, delta)
-        lowest_note = ("Lowest: the language where the model's standard row is lowest, as paper Table 2"
+        lowest_note = (f"Lowest: the language where the model's {paired} row is lowest, as paper Table 2"
                        if lowest == "block" else "Lowest: each method's lowest language")
         sections += [f"## {task}: {split} (mean ± sample std over seeds; {lowest_note})\n\n{md2}",
                      f"### {task}: per language (mean over seeds; paper Tables 8-10)\n\n{mdl}"]
@@ -418,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=("test", "dev"), help="which results-*.json (evaluate.py --test-split)")
     p.add_argument("--checkpoint", default="best", choices=("best", "final"), help="results of best/ or final/")
     p.add_argument("--lowest", default="block", choices=("block", "method"),
-                   help="Lowest column: the language of the model's standard row (paper) or each method's own")
+                   help="Lowest column: the language of the model's --paired row (standard: the paper's) or "
+                        "each method's own")
     p.add_argument("--delta", type=float, default=1.0, help="permutation study: group runs within this many points")
     p.add_argument("--paired", default="standard", help="the method every other is compared with, seed by seed")
     p.add_argument("--languages", help="comma-separated target languages: every table and average on these only "

@@ -325,7 +325,8 @@ def test_two_sweeps_compared_by_label_on_shared_languages(tmp_path, capsys):
 
 def test_lora_runs_are_methods_of_their_own_and_pair_with_bottleneck_runs_by_seed(tmp_path, capsys):
     """A LoRA sweep root and a bottleneck one, aggregated together: `standard-lora` is its own row, paired by seed
-    with `standard`; within the LoRA root alone, `--paired standard-lora` compares its schedules."""
+    with `standard`; within the LoRA root alone, `--paired standard-lora` compares its schedules, and the Lowest
+    column is standard-lora's lowest language, as standard's is in the paper's Table 2."""
     def fake(root, name, adapter, seed, de, sw):
         run = root / f"xnli-{name}" / f"seed{seed}"
         run.mkdir(parents=True)
@@ -338,12 +339,16 @@ def test_lora_runs_are_methods_of_their_own_and_pair_with_bottleneck_runs_by_see
         fake(bottleneck, "standard", None, seed, 50 + shift, 40)  # saved before configs named their adapter
         fake(lora, "standard", "lora", seed, 52 + shift, 41)
         fake(lora, "gu", "lora", seed, 53 + shift, 43)
+        fake(lora, "fun", "lora", seed, 45, 60)  # its own lowest language is de, standard-lora's is sw
     assert aggregate.main([str(lora), str(bottleneck), "--split", "dev"]) == 0
     md = capsys.readouterr().out
     assert "| multilingual-e5-small | standard-lora | 2 | +1.50 |" in md  # ((52-50) + (41-40)) / 2, both seeds
     assert "| multilingual-e5-small | gu-lora | 2 | +3.00 |" in md
     assert aggregate.main([str(lora), "--split", "dev", "--paired", "standard-lora"]) == 0
-    assert "| multilingual-e5-small | gu-lora | 2 | +1.50 |" in capsys.readouterr().out
+    md = capsys.readouterr().out
+    assert "| multilingual-e5-small | gu-lora | 2 | +1.50 |" in md
+    assert "| multilingual-e5-small | fun-lora | 1,2 | 80.00 ± 0.00 | sw 60.00 ± 0.00 |" in md
+    assert "standard-lora row is lowest" in md
 
 
 def test_madx_benchmark_refuses_to_start_without_adapter_weights(tmp_path):
