@@ -81,16 +81,15 @@ def read_run(directory: str) -> dict:
 
 
 def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
-    """Runs that differ only in their seed form one line; the label names what differs between lines."""
-    keys = ("task", "model", "adapter", "schedule")
-
-    def value(run: dict, key: str) -> str:  # runs without `adapter` in config.json trained the bottleneck adapter
-        return str(run["config"].get(key) or ("bottleneck" if key == "adapter" else None))
-
-    varying = [k for k in keys if len({value(r, k) for r in runs}) > 1] or ["schedule"]
+    """Runs that differ only in their seed form one line. The label names what differs between lines, and a task
+    adapter other than the bottleneck one always (`fun-lora`, as experiments/aggregate.py names its rows)."""
+    keys = ("task", "model", "schedule")
+    varying = [k for k in keys if len({str(r["config"].get(k)) for r in runs}) > 1] or ["schedule"]
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[" ".join(Path(value(r, k)).name for k in varying)].append(r)
+        adapter = r["config"].get("adapter") or "bottleneck"  # configs without `adapter` trained the bottleneck one
+        label = " ".join(Path(str(r["config"].get(k))).name for k in varying)
+        groups[label + ("" if adapter == "bottleneck" else f"-{adapter}")].append(r)
     return dict(groups)
 
 

@@ -334,6 +334,22 @@ def test_cli_plot(runs, tmp_path):
         assert (tmp_path / name).stat().st_size > 5_000, name
 
 
+def test_plot_lines_name_what_differs_and_a_lora():
+    """One line per group of runs that differ only in their seed; a LoRA run's line says so even when every run is
+    one (the LoRA benchmark's own plots), and a config from before `adapter` existed is a bottleneck run."""
+    from fisher import group_runs
+
+    def run(schedule, seed, **config):
+        return {"config": dict(task="xnli", model="models/e5", schedule=schedule, seed=seed, **config)}
+
+    lora = [run(s, seed, adapter="lora") for s in ("standard", "fun") for seed in (1, 2)]
+    assert {k: len(v) for k, v in group_runs(lora).items()} == {"standard-lora": 2, "fun-lora": 2}
+    mixed = group_runs(lora[:2] + [run("standard", 1), run("standard", 2, adapter="bottleneck")])
+    assert {k: len(v) for k, v in mixed.items()} == {"standard-lora": 2, "standard": 2}
+    xcopa = {"config": dict(run("gu", 1)["config"], task="xcopa")}
+    assert list(group_runs([run("gu", 1), xcopa])) == ["xnli", "xcopa"]  # one schedule, two tasks: named by task
+
+
 def test_cli_compute(runs, tiny_bert_dir, nli_files, tmp_path, capsys):
     import fisher
     out = tmp_path / "fisher.json"
