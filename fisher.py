@@ -83,13 +83,14 @@ def read_run(directory: str) -> dict:
 def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     """Runs that differ only in their seed form one line. The label names what differs between lines, and a task
     adapter other than the bottleneck one always (`fun-lora`, as experiments/aggregate.py names its rows)."""
+    from fun.model import adapter_suffix
+
     keys = ("task", "model", "schedule")
     varying = [k for k in keys if len({str(r["config"].get(k)) for r in runs}) > 1] or ["schedule"]
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
-        adapter = r["config"].get("adapter") or "bottleneck"  # configs without `adapter` trained the bottleneck one
         label = " ".join(Path(str(r["config"].get(k))).name for k in varying)
-        groups[label + ("" if adapter == "bottleneck" else f"-{adapter}")].append(r)
+        groups[label + adapter_suffix(r["config"])].append(r)
     return dict(groups)
 
 

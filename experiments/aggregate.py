@@ -27,6 +27,7 @@ from cli import UsageError
 from fun.hub import model_tag
 from fun.metrics import mean_std
 from fun.metrics import mean_std_cell as cell
+from fun.model import adapter_suffix
 from fun.run import RESULTS_NAME
 from fun.schedules import SCHEDULES
 from fun.tasks import TASKS
@@ -66,8 +67,7 @@ def group_within(values: dict[str, float], delta: float = 1.0) -> list[list[str]
 def method_of(run_dir: Path, cfg: dict, tag: str) -> str:
     """The method a run stands for; a task adapter other than the bottleneck one is named in it (`gu-lora`), so
     that LoRA and bottleneck runs of one schedule are rows of their own and pair by seed."""
-    adapter = cfg.get("adapter") or "bottleneck"
-    suffix = "" if adapter == "bottleneck" else f"-{adapter}"
+    suffix = adapter_suffix(cfg)
     if not re.fullmatch(r"seed\d+", run_dir.name):  # not a sweep's ROOT/NAME/seedS: say what trained
         label = cfg.get("schedule", "?")
         if cfg.get("schedule") == "order":

@@ -89,6 +89,13 @@ def max_sequence_length(config) -> int | None:
 TASK_ADAPTERS: dict[str, type[nn.Module]] = {"bottleneck": AdapterSet, "lora": LoraSet}
 
 
+def adapter_suffix(config: dict) -> str:
+    """What a run's name adds for its task adapter: '' for the bottleneck one (also a config from before `adapter`
+    was recorded), '-lora' for LoRA. Tables and plots name a run's method by it (`gu-lora`)."""
+    adapter = config.get("adapter") or "bottleneck"
+    return "" if adapter == "bottleneck" else f"-{adapter}"
+
+
 def build_task_adapter(config: dict) -> nn.Module:
     """A task adapter from its config; the config's `adapter` names the kind (none: a bottleneck `AdapterSet`)."""
     config = dict(config)
