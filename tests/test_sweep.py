@@ -355,7 +355,9 @@ def test_madx_benchmark_refuses_to_start_without_adapter_weights(tmp_path):
     """Git keeps the benchmark's JSON, not its weights: on a clean checkout the task sweep must say how to reproduce
     (a fresh ROOT) instead of failing inside train.py; a wrong stage is a usage error."""
     script = Path(__file__).resolve().parents[1] / "experiments" / "madx_benchmark.sh"
-    env = dict(os.environ, PYTHON=sys.executable, ROOT=str(tmp_path / "madx"))
+    (tmp_path / "data" / "text").mkdir(parents=True)  # the script lists the text files first: any will do
+    (tmp_path / "data" / "text" / "en.txt").write_text("a line\n")
+    env = dict(os.environ, PYTHON=sys.executable, ROOT=str(tmp_path / "madx"), DATA=str(tmp_path / "data"))
     for stage in ("sweep", "check"):
         done = subprocess.run(["bash", str(script), stage], env=env, capture_output=True, text=True)
         assert done.returncode == 1, done.stderr

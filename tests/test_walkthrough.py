@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import E5
+
 ROOT = Path(__file__).resolve().parents[1]
 WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
 FIGURES = ROOT / "docs" / "figures" / "walkthrough"
@@ -184,6 +186,7 @@ def shell_commands(code: str) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.skipif(not E5.is_dir(), reason=f"the walkthrough's model {E5} absent (fresh clone without ../shared)")
 def test_step6_commands_made_the_committed_runs(text):
     """The training commands of Step 6, parsed by train.py, give the settings the committed runs recorded (up to
     those that do not change what a run computes: output directory, threads, progress bar, ...)."""
